@@ -1,0 +1,2 @@
+from .pos_embed import interpolate_pos_embed, sincos_2d
+from .vit import VIT_SIZES, Block, VisionTransformer, build_vit, vit_size

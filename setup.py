@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="maetransfer",
+    version="0.1.0",
+    description="MAE pretraining of Vision Transformers and transfer to COCO Mask R-CNN, ADE20K UperNet, "
+                "iNaturalist and Places classification",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pretrain", "pretrain.*", "maetransfer", "maetransfer.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "timm>=1.0.15",
+        "pycocotools>=2.0.7",
+        "scipy>=1.10",
+        "omegaconf>=2.3",
+        "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "numpy>=1.24",
+        "pillow>=9.0",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "transformers>=4.40"],
+    },
+)
