@@ -1,6 +1,6 @@
 """YAML configs: a file may name a `_base_` file (relative path) that it overrides; the command line then overrides
 with dotted `key=value` pairs. Keys are strict: an override of a key the config does not have is an error (a typo
-must not silently train with the default)."""
+must not silently train with the default). Only a new top-level section may be introduced by a derived file."""
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -47,8 +47,10 @@ def load_config(path: Union[str, os.PathLike], overrides: Iterable[str] = ()) ->
     base_name = cfg.pop("_base_", None)
     if base_name is not None:
         base = load_config(path.parent / str(base_name))
-        # The base defines the schema: a derived file only overrides, so a misspelt key fails here.
-        cfg = _merge_strict(base, cfg, str(path))
+        # A derived file may add whole new sections (a task base adds model:/data:) but inside a section that the
+        # base has, it only overrides: a misspelt key fails here instead of being silently ignored.
+        new_sections = {k: v for k, v in cfg.items() if k not in base}
+        cfg = _merge_strict(OmegaConf.merge(base, new_sections), cfg, str(path))
     return apply_overrides(cfg, overrides)
 
 

@@ -306,9 +306,10 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-# Model sizes: (embed_dim, depth, num_heads, patch_size). tiny/small exist for tests and CPU demos.
+# Model sizes: (embed_dim, depth, num_heads, patch_size). micro/demo/tiny/small exist for tests and CPU demos.
 VIT_SIZES = {
     "vit_micro": dict(embed_dim=64, depth=4, num_heads=4, patch_size=16),
+    "vit_demo": dict(embed_dim=128, depth=4, num_heads=4, patch_size=8),  # the CPU demos' encoder
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16),
     "vit_small": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
     "vit_base": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),

@@ -1,0 +1,2 @@
+from . import dist
+from .trainer import CHECKPOINT_NAME, EpochSampler, Trainer, atomic_save, resolve_device, seed_everything

@@ -1,0 +1,338 @@
+"""The training loop shared by pretraining, classification, detection and segmentation.
+
+One optimizer update is one "iteration": the lr schedule, logging, checkpoint and eval periods count updates.
+Resuming is exact: the sample order of an epoch depends only on (seed, epoch), every epoch reseeds the RNGs from
+(seed, epoch, rank), and a checkpoint also stores the RNG states and the position inside the epoch.
+(Mid-epoch resumes are exact with num_workers=0; with workers the augmentation streams restart at the epoch's seed.)
+"""
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from ..config import save_config, to_dict
+from ..optim import base_lr, build_optimizer, lr_at
+from . import dist
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+class EpochSampler(Sampler):
+    """Shards a seeded per-epoch permutation across ranks (as DistributedSampler) and can start mid-epoch."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int, world_size: int):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        order += order[: self.per_rank * self.world_size - self.size]  # pad so every rank gets as many
+        return iter(order[self.rank::self.world_size][self.start:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker; numpy and random follow it so numpy/PIL-based transforms differ per worker.
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _rng_state() -> Dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "python": random.getstate()}
+
+
+def _set_rng_state(state: Dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def atomic_save(obj, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class MetricLogger:
+    """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only."""
+
+    def __init__(self, output_dir: Path, purge_step: Optional[int] = None):
+        self.enabled = dist.is_main_process()
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.jsonl = open(output_dir / "log.jsonl", "a")
+            self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=purge_step)
+
+    def log(self, step: int, record: Dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"iter": step, **record}) + "\n")
+        self.jsonl.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("epoch",):
+                self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
+
+
+class Trainer:
+    """Runs `loss_fn(model, batch, device) -> (loss, {name: scalar})` over `train_dataset` with the `train` config.
+
+    evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
+    on_checkpoint(model, output_dir) runs on the main process after each checkpoint (e.g. export an encoder file).
+    """
+
+    def __init__(self, cfg: DictConfig, model: nn.Module, param_groups: List[Dict], train_dataset: Dataset,
+                 loss_fn: Callable, output_dir: Optional[str] = None, collate_fn: Optional[Callable] = None,
+                 evaluate_fn: Optional[Callable] = None, on_checkpoint: Optional[Callable] = None,
+                 find_unused_parameters: bool = False):
+        self.cfg = cfg
+        t = self.train_cfg = cfg.train
+        self.device = resolve_device(t.device)
+        dist.init_distributed(self.device.type)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.output_dir = Path(output_dir or t.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main_process():
+            save_config(cfg, self.output_dir / "config.yaml")
+        self.loss_fn, self.evaluate_fn, self.on_checkpoint = loss_fn, evaluate_fn, on_checkpoint
+        self.collate_fn = collate_fn
+        self.dataset = train_dataset
+
+        self.model_without_ddp = model.to(self.device)
+        self.model = model
+        if self.world_size > 1:
+            self.model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                                 else None, find_unused_parameters=find_unused_parameters)
+        self.optimizer = build_optimizer(t, param_groups)
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+
+        self.sampler = EpochSampler(len(train_dataset), True, int(t.seed), self.rank, self.world_size)
+        self.batches_per_epoch = self.sampler.per_rank // int(t.batch_size)
+        if self.batches_per_epoch < t.accum_iter:
+            raise ValueError(f"the training set has {len(train_dataset)} samples: too few for batch_size "
+                             f"{t.batch_size} x accum_iter {t.accum_iter} x {self.world_size} processes")
+        self.iters_per_epoch = self.batches_per_epoch // int(t.accum_iter)
+        self.by_iters = int(t.max_iters) > 0
+        self.total_iters = int(t.max_iters) if self.by_iters else int(t.epochs) * self.iters_per_epoch
+        self.effective_batch = int(t.batch_size) * int(t.accum_iter) * self.world_size
+        self.peak_lr = base_lr(t, self.effective_batch)
+        self.epoch, self.iter, self.batch_in_epoch = 0, 0, 0
+        self.metrics: Dict = {}
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        if dist.is_main_process():
+            atomic_save({"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
+                         "batch_in_epoch": self.batch_in_epoch, "rng": _rng_state(),
+                         "config": to_dict(self.cfg)}, self.checkpoint_path())
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.model_without_ddp, self.output_dir)
+        dist.barrier()
+
+    def resume(self, path) -> None:
+        path = Path(path)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise RuntimeError(f"{path}: cannot resume from this file ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:200]})") from None
+        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "iter" not in ckpt:
+            raise RuntimeError(f"{path}: not a training checkpoint of this engine (no optimizer/iter state); "
+                               "use train.init_checkpoint to start from weights")
+        try:
+            self.model_without_ddp.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise RuntimeError(f"{path}: checkpoint does not match this model ({first})") from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.iter, self.batch_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["batch_in_epoch"]
+        self._resume_rng = ckpt["rng"]
+        print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
+
+    def _maybe_resume(self) -> None:
+        self._resume_rng = None
+        target = self.train_cfg.resume
+        if target == "auto":
+            target = self.checkpoint_path() if self.checkpoint_path().is_file() else ""
+        if target:
+            self.resume(target)
+
+    # -- loop ----------------------------------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        t = self.train_cfg
+        self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * int(t.batch_size))
+        g = torch.Generator().manual_seed(int(t.seed) * 100003 + self.epoch * 1009 + self.rank)
+        return DataLoader(self.dataset, batch_size=int(t.batch_size), sampler=self.sampler, drop_last=True,
+                          num_workers=int(t.num_workers), collate_fn=self.collate_fn, generator=g,
+                          worker_init_fn=_seed_worker, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _set_lr(self) -> float:
+        lr = lr_at(self.train_cfg, self.iter, self.total_iters, self.iters_per_epoch, self.peak_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def _period_hit(self, period: int, epoch_end: bool) -> bool:
+        if period <= 0:
+            return False
+        if self.by_iters:
+            return not epoch_end and self.iter % period == 0
+        return epoch_end and self.epoch % period == 0
+
+    def evaluate(self) -> Dict:
+        if self.evaluate_fn is None:
+            return {}
+        self.model_without_ddp.eval()
+        with torch.no_grad():
+            metrics = self.evaluate_fn(self.model_without_ddp)
+        self.model_without_ddp.train()
+        self.logger.log(self.iter, {"epoch": self.epoch, **{f"eval/{k}": v for k, v in metrics.items()
+                                                          if isinstance(v, (int, float))}})
+        self.metrics = metrics
+        return metrics
+
+    def _train_step(self, batch, micro: int, accum: int, pending: Dict[str, float]) -> bool:
+        """One micro-batch; returns True when it completed an optimizer update."""
+        last_micro = (micro + 1) % accum == 0
+        sync = nullcontext() if last_micro or self.world_size == 1 else self.model.no_sync()
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with sync:
+            with autocast:
+                loss, logs = self.loss_fn(self.model, batch, self.device)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"loss is {value} at iteration {self.iter} (epoch {self.epoch}); training stopped, the last "
+                    f"checkpoint in {self.output_dir} is kept (try train.amp=bf16 or a lower lr)")
+            self.scaler.scale(loss / accum).backward()
+        pending["loss"] = pending.get("loss", 0.0) + value / accum
+        for k, v in logs.items():
+            pending[k] = pending.get(k, 0.0) + float(v) / accum
+        if not last_micro:
+            return False
+        if self.train_cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.train_cfg.clip_grad))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def fit(self) -> Dict:
+        t = self.train_cfg
+        self._maybe_resume()
+        self.logger = MetricLogger(self.output_dir, purge_step=self.iter or None)
+        self.model.train()
+        accum = int(t.accum_iter)
+        start_time = time.time()
+        while self.iter < self.total_iters:
+            if self._resume_rng is not None and self.batch_in_epoch > 0:
+                _set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
+            else:
+                seed_everything(int(t.seed) + 1000 * self.epoch + self.rank)
+            self._resume_rng = None
+            pending: Dict[str, float] = {}
+            bar = tqdm(self._loader(), total=self.batches_per_epoch, initial=self.batch_in_epoch,
+                       desc=f"epoch {self.epoch}", disable=not dist.is_main_process(), dynamic_ncols=True)
+            micro = 0
+            for batch in bar:
+                if self.batch_in_epoch >= self.iters_per_epoch * accum:
+                    break  # leftover micro-batches that cannot fill an update
+                if micro % accum == 0:
+                    lr = self._set_lr()
+                stepped = self._train_step(batch, micro, accum, pending)
+                micro += 1
+                self.batch_in_epoch += 1
+                if not stepped:
+                    continue
+                self.iter += 1
+                if self.iter % int(t.log_period) == 0 or self.iter == self.total_iters:
+                    self.logger.log(self.iter, {"epoch": self.epoch, "lr": lr, **pending})
+                bar.set_postfix(loss=f"{pending['loss']:.4f}", lr=f"{lr:.2e}")
+                pending = {}
+                if self._period_hit(int(t.checkpoint_period), epoch_end=False):
+                    self.save_checkpoint()
+                if self._period_hit(int(t.eval_period), epoch_end=False) and self.iter < self.total_iters:
+                    self.evaluate()
+                if self.iter >= self.total_iters:
+                    break
+            bar.close()
+            if self.batch_in_epoch >= self.iters_per_epoch * accum:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if self._period_hit(int(t.checkpoint_period), epoch_end=True) and self.iter < self.total_iters:
+                    self.save_checkpoint()
+                if self._period_hit(int(t.eval_period), epoch_end=True) and self.iter < self.total_iters:
+                    self.evaluate()
+        self.save_checkpoint()
+        metrics = self.evaluate()
+        if dist.is_main_process():
+            print(f"training done: {self.iter} iterations in {time.time() - start_time:.0f} s; "
+                  f"checkpoint {self.checkpoint_path()}")
+        self.logger.close()
+        return metrics

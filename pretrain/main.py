@@ -1,0 +1,67 @@
+"""MAE pretraining run: config -> data -> model -> shared engine -> checkpoint, encoder file, reconstructions."""
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torchvision import transforms
+
+from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
+from maetransfer.engine import Trainer, atomic_save
+from maetransfer.optim import param_groups
+
+from .models_mae import MaskedAutoencoderViT, build_mae
+from .visualize import save_reconstructions
+
+ENCODER_FILE = "mae_pretrain_encoder.pth"
+
+
+def build_model(model_cfg: DictConfig) -> MaskedAutoencoderViT:
+    overrides = {k: model_cfg[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")
+                 if model_cfg[k] is not None}
+    return build_mae(model_cfg.arch, img_size=model_cfg.img_size, decoder_embed_dim=model_cfg.decoder_embed_dim,
+                     decoder_depth=model_cfg.decoder_depth, decoder_num_heads=model_cfg.decoder_num_heads,
+                     norm_pix_loss=model_cfg.norm_pix_loss, mask_sampler=model_cfg.mask_sampler,
+                     mask_tokens_in_encoder=model_cfg.mask_tokens_in_encoder,
+                     drop_path_rate=model_cfg.drop_path_rate, grad_checkpointing=model_cfg.grad_checkpointing,
+                     **overrides)
+
+
+def train_transform(cfg: DictConfig):
+    """RandomResizedCrop(scale 0.2-1, bicubic) + flip, the paper's only pretraining augmentation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(cfg.model.img_size, scale=(cfg.data.min_scale, 1.0),
+                                     interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def eval_transform(img_size: int):
+    return transforms.Compose([
+        transforms.Resize(img_size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(img_size), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def run(cfg: DictConfig, output_dir=None) -> Path:
+    """Pretrain as `cfg` says; returns the path of the exported encoder ({'model': encoder} official layout)."""
+    output_dir = Path(output_dir or cfg.train.output_dir)
+    dataset = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
+    model = build_model(cfg.model)
+    groups = param_groups(model, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
+    mask_ratio = float(cfg.model.mask_ratio)
+    preview = UnlabeledImages(cfg.data.root, eval_transform(cfg.model.img_size))
+    preview_imgs = torch.stack([preview[i] for i in range(min(cfg.data.num_preview, len(preview)))])
+
+    def loss_fn(model, imgs, device):
+        loss, _, _ = model(imgs.to(device, non_blocking=True), mask_ratio)
+        return loss, {}
+
+    def on_checkpoint(model: MaskedAutoencoderViT, out: Path):
+        atomic_save({"model": model.encoder_state_dict()}, out / ENCODER_FILE)
+        device = next(model.parameters()).device
+        save_reconstructions(model, preview_imgs.to(device), out / "reconstructions" / f"epoch{trainer.epoch:04d}.png",
+                             mask_ratio)
+
+    trainer = Trainer(cfg, model, groups, dataset, loss_fn, output_dir, on_checkpoint=on_checkpoint)
+    trainer.fit()
+    return output_dir / ENCODER_FILE
