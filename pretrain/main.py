@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 from torchvision import transforms
 
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
-from maetransfer.engine import Trainer, atomic_save
+from maetransfer.engine import Trainer, atomic_save, seed_everything
 from maetransfer.optim import param_groups
 
 from .models_mae import MaskedAutoencoderViT, build_mae
@@ -46,6 +46,7 @@ def run(cfg: DictConfig, output_dir=None) -> Path:
     """Pretrain as `cfg` says; returns the path of the exported encoder ({'model': encoder} official layout)."""
     output_dir = Path(output_dir or cfg.train.output_dir)
     dataset = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
+    seed_everything(int(cfg.train.seed))  # the same seed gives the same initial weights
     model = build_model(cfg.model)
     groups = param_groups(model, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
     mask_ratio = float(cfg.model.mask_ratio)

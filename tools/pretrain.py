@@ -28,8 +28,8 @@ def main(argv=None):
         cfg = load_config(args.config, [*args.overrides, *extra])
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
-    if Path(args.config).name == Path(DEMO_CONFIG).name:
-        write_demo_images(cfg.data.root, size=cfg.model.img_size)
+    if Path(args.config).name == Path(DEMO_CONFIG).name and not Path(cfg.data.root).exists():
+        write_demo_images(cfg.data.root, size=cfg.model.img_size)  # the demo's generated scenes, first run only
     encoder = run(cfg)
     print(f"encoder written to {encoder} (official mae_pretrain_vit_*.pth layout)")
 

@@ -1,0 +1,156 @@
+"""Shared engine: config composition, lr schedules, exact resume, atomic checkpoints, bad input, DDP."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from maetransfer.config import ConfigError, load_config
+from maetransfer.data.images import ImageReadError, UnlabeledImages
+from maetransfer.optim import lr_at, param_groups
+from pretrain.models_mae import MaskedAutoencoderViT
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=32", "model.decoder_embed_dim=32",
+        "model.decoder_depth=1", "model.decoder_num_heads=4", "train.batch_size=4", "train.num_workers=0",
+        "train.log_period=1", "train.warmup_epochs=1", "train.amp=none", "data.num_preview=2"]
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_config_base_overrides_and_unknown_keys(tmp_path):
+    cfg = load_config("configs/pretrain/mae_vit_large.yaml", ["train.blr=1e-4"])
+    assert cfg.model.arch == "vit_large" and cfg.train.blr == 1e-4 and cfg.train.betas == [0.9, 0.95]
+    assert cfg.model.decoder_depth == 8 and cfg.train.weight_decay == 0.05
+    with pytest.raises(ConfigError, match="unknown config key 'train.lrr'"):
+        load_config("configs/pretrain/demo.yaml", ["train.lrr=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_base_: {ROOT / 'configs/pretrain/base.yaml'}\nmodel:\n  archh: vit_base\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'model.archh'"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
+
+
+def test_lr_schedules_against_hand_values():
+    t = OmegaConf.create({"warmup_iters": 10, "warmup_epochs": 0, "warmup_start_factor": 0.0, "min_lr": 0.0,
+                          "schedule": "cosine", "poly_power": 1.0, "steps": [60, 90], "gamma": 0.1})
+    assert lr_at(t, 0, 110, 10, 1.0) == 0.0
+    assert lr_at(t, 5, 110, 10, 1.0) == 0.5
+    assert lr_at(t, 60, 110, 10, 1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    t.schedule = "poly"
+    assert lr_at(t, 35, 110, 10, 2.0) == pytest.approx(2.0 * (1 - 25 / 100))
+    t.schedule, t.warmup_start_factor = "step", 0.001
+    assert lr_at(t, 0, 110, 10, 1.0) == pytest.approx(0.001)
+    assert [lr_at(t, i, 110, 10, 1.0) for i in (59, 60, 95)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_pretrain_weight_decay_groups():
+    model = MaskedAutoencoderViT(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
+    groups = param_groups(model, 0.05, no_weight_decay=model.no_weight_decay())
+    decayed = {n for g in groups if g["weight_decay"] for n in g["param_names"]}
+    assert "cls_token" not in decayed and "mask_token" not in decayed and "blocks.0.norm1.weight" not in decayed
+    assert "blocks.0.attn.qkv.bias" not in decayed and "blocks.0.attn.qkv.weight" in decayed
+    assert "pos_embed" not in {n for g in groups for n in g["param_names"]}  # fixed sin-cos, not trained
+
+
+def _pretrain(args):
+    from tools.pretrain import main
+    main(args)
+
+
+def test_resume_is_exact_and_checkpoints_are_atomic(image_dir, tmp_path):
+    common = [f"data.root={image_dir}", *TINY]
+    _pretrain([*common, "train.epochs=2", "--output-dir", str(tmp_path / "full")])
+    _pretrain([*common, "train.epochs=1", "--output-dir", str(tmp_path / "split")])
+    _pretrain([*common, "train.epochs=2", "--output-dir", str(tmp_path / "split"), "--resume", "auto"])
+    full = torch.load(tmp_path / "full/checkpoint.pth", weights_only=True)
+    split = torch.load(tmp_path / "split/checkpoint.pth", weights_only=True)
+    assert full["iter"] == split["iter"] == 8
+    for key, value in full["model"].items():
+        assert torch.equal(value, split["model"][key]), key
+    out = tmp_path / "full"
+    assert not list(out.glob(".*tmp*")), "a temporary checkpoint file was left behind"
+    encoder = torch.load(out / "mae_pretrain_encoder.pth", weights_only=True)["model"]
+    assert "decoder_embed.weight" not in encoder and "blocks.0.attn.qkv.weight" in encoder
+    assert (out / "config.yaml").is_file() and (out / "reconstructions" / "epoch0002.png").is_file()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in records)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_corrupt_image_is_named_or_skipped(image_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for src in sorted(image_dir.glob("*.png"))[:3]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    bad = folder / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    ds = UnlabeledImages(folder)
+    index = ds.files.index(bad)
+    with pytest.raises(ImageReadError, match=r"1\.png: corrupt or unreadable image"):
+        ds[index]
+    with pytest.warns(UserWarning, match=r"1\.png.*skipped \(1 skipped"):
+        assert UnlabeledImages(folder, skip_corrupt=True)[index].size == (40, 40)
+
+
+DDP_SCRIPT = r"""
+import sys, torch
+from omegaconf import OmegaConf
+from maetransfer.config import load_config
+from maetransfer.engine import Trainer
+from maetransfer.optim import param_groups
+cfg = load_config("configs/train_defaults.yaml", ["train.batch_size=" + sys.argv[2], "train.epochs=2", "train.lr=0.1",
+      "train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0", "train.schedule=constant",
+      "train.num_workers=0", "train.device=cpu", "train.output_dir=" + sys.argv[1]])
+torch.manual_seed(0)
+x = torch.randn(32, 5)
+data = list(zip(x, x @ torch.arange(5.0)))
+model = torch.nn.Linear(5, 1)
+def loss_fn(model, batch, device):
+    xb, yb = batch
+    return ((model(xb).squeeze(1) - yb) ** 2).mean(), {}
+Trainer(cfg, model, param_groups(model, 0.0), data, loss_fn).fit()
+"""
+
+
+def test_ddp_two_gloo_processes_match_one_process_with_the_same_total_batch(tmp_path):
+    """2 processes x batch 4 must step exactly like 1 process x batch 8 (same samples, averaged gradients)."""
+    script = tmp_path / "ddp_linear.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
+                    str(script), str(tmp_path / "ddp"), "4"], cwd=ROOT, env=env, check=True, timeout=240)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single"), "8"], cwd=ROOT, env=env, check=True,
+                   timeout=120)
+    ddp = torch.load(tmp_path / "ddp/checkpoint.pth", weights_only=True)
+    single = torch.load(tmp_path / "single/checkpoint.pth", weights_only=True)
+    assert ddp["iter"] == single["iter"] == 8
+    for key in single["model"]:
+        torch.testing.assert_close(ddp["model"][key], single["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_pretraining_runs_with_two_processes(image_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29732",
+                    "tools/pretrain.py", f"data.root={image_dir}", *TINY, "train.epochs=1",
+                    "--output-dir", str(tmp_path / "ddp")], cwd=ROOT, env=env, check=True, timeout=240)
+    ckpt = torch.load(tmp_path / "ddp/checkpoint.pth", weights_only=True)
+    assert ckpt["iter"] == 2  # 16 images / (2 processes x batch 4)
