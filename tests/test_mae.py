@@ -131,3 +131,22 @@ def test_mask_tokens_in_encoder_ablation():
     loss, pred, mask = model(torch.randn(2, 3, 32, 32))
     assert pred.shape == (2, 16, 192) and int(mask.sum()) == 2 * 12
     assert "encoder_mask_token" not in model.encoder_state_dict()
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_loss_prediction_and_mask_equal_hugging_face(tmp_path, norm_pix):
+    """Our MAE, converted with tools' HF writer and loaded by transformers, gives the same loss/pred/mask."""
+    transformers = pytest.importorskip("transformers")
+    from maetransfer.checkpoint import parse_state, save_hf
+
+    ours = tiny_mae(norm_pix_loss=norm_pix).eval()
+    save_hf(parse_state({"model": ours.state_dict()}), tmp_path / "hf", num_heads=4, decoder_num_heads=4)
+    hf = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "hf", norm_pix_loss=norm_pix).eval()
+    assert hf.config.layer_norm_eps == 1e-6
+    imgs, noise = torch.randn(3, 3, 32, 32), torch.rand(3, 16)
+    with torch.no_grad():
+        loss, pred, mask = ours(imgs, 0.75, noise)
+        out = hf(pixel_values=imgs, noise=noise)
+    torch.testing.assert_close(loss, out.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pred, out.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(mask, out.mask)

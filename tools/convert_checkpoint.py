@@ -1,0 +1,54 @@
+"""Convert a ViT/MAE checkpoint between formats: official MAE, Hugging Face ViTMAE, timm, detectron2-ViTDet, mmseg.
+
+    python tools/convert_checkpoint.py mae_pretrain_vit_base.pth out/vit-mae-base --to hf
+    python tools/convert_checkpoint.py output/det/checkpoint.pth vitdet_init.pth --to detectron2
+
+The source format is detected from its keys (any file `maetransfer.checkpoint.read_checkpoint` reads).
+"""
+import argparse
+import sys
+
+from maetransfer.checkpoint import WRITE_FORMATS, CheckpointError, encoder_arch, read_checkpoint, save_checkpoint
+from maetransfer.models import vit_size
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", help="checkpoint file or Hugging Face save_pretrained folder")
+    parser.add_argument("dst", help="output file (a folder for --to hf)")
+    parser.add_argument("--to", required=True, choices=WRITE_FORMATS, help="output format")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="allow arbitrary pickled objects in SRC (runs code from the file: trusted files only)")
+    parser.add_argument("--model", help="expected ViT size (vit_base, vit_large, vit_huge, ...): checked against the "
+                                        "weights; gives the head count for --to hf")
+    parser.add_argument("--num-heads", type=int, help="encoder attention heads (for --to hf, when not inferable)")
+    parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (for --to hf)")
+    args = parser.parse_args(argv)
+    try:
+        ckpt = read_checkpoint(args.src, unsafe=args.unsafe_load)
+        arch = encoder_arch(ckpt.encoder, args.src)
+        num_heads = args.num_heads
+        if args.model:
+            size = vit_size(args.model)
+            if (size["embed_dim"], size["depth"]) != (arch["embed_dim"], arch["depth"]):
+                raise CheckpointError(f"{args.src} is a ViT with embed {arch['embed_dim']}/depth {arch['depth']}, "
+                                      f"not {args.model} (embed {size['embed_dim']}/depth {size['depth']})")
+            num_heads = num_heads or size["num_heads"]
+        save_checkpoint(ckpt, args.dst, args.to, num_heads=num_heads, decoder_num_heads=args.decoder_num_heads)
+    except (CheckpointError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    kept = {"mae": ("encoder", "decoder", "head"), "timm": ("encoder", "head"), "hf": ("encoder", "decoder"),
+            "detectron2": ("encoder", "neck"), "mmseg": ("encoder", "neck")}[args.to]
+    parts = {"encoder": ckpt.encoder, "decoder": ckpt.decoder, "head": ckpt.head, "neck": ckpt.neck}
+    print(f"read {args.src} as {ckpt.format}: ViT embed {arch['embed_dim']}, depth {arch['depth']}, patch "
+          f"{arch['patch_size']}; " + ", ".join(f"{k} {len(v)} tensors" for k, v in parts.items() if v))
+    dropped = [f"{k} ({len(v)})" for k, v in parts.items() if v and k not in kept]
+    if args.to == "detectron2":
+        dropped.append("cls_token and final norm (ViTDet has neither)")
+    if ckpt.other:
+        dropped.append(f"{len(ckpt.other)} other tensors of the source model")
+    print(f"wrote {args.dst} ({args.to})" + (f"; not written: {', '.join(dropped)}" if dropped else ""))
+
+
+if __name__ == "__main__":
+    main()
