@@ -458,7 +458,7 @@ def encoder_arch(encoder: StateDict, source: str = "checkpoint") -> dict:
     return arch
 
 
-def _num_heads(ckpt: LoadedCheckpoint, arch: dict, explicit: Optional[int]) -> int:
+def num_heads_of(ckpt: LoadedCheckpoint, arch: dict, explicit: Optional[int]) -> int:
     if explicit:
         return explicit
     if ckpt.meta.get("num_heads"):
@@ -475,7 +475,7 @@ def _num_heads(ckpt: LoadedCheckpoint, arch: dict, explicit: Optional[int]) -> i
                           f"{arch['embed_dim']}/depth {arch['depth']}; pass --num-heads")
 
 
-def _decoder_num_heads(ckpt: LoadedCheckpoint, explicit: Optional[int]) -> int:
+def decoder_num_heads_of(ckpt: LoadedCheckpoint, explicit: Optional[int]) -> int:
     if explicit:
         return explicit
     if ckpt.meta.get("decoder_num_heads"):
@@ -593,7 +593,7 @@ def hf_config(ckpt: LoadedCheckpoint, num_heads: Optional[int] = None, decoder_n
     if arch["grid"] is None or not arch["cls_row"]:
         raise CheckpointError(f"{ckpt.source}: HF ViTMAE needs a square pos_embed with a cls row")
     kwargs = dict(hidden_size=arch["embed_dim"], num_hidden_layers=arch["depth"],
-                  num_attention_heads=_num_heads(ckpt, arch, num_heads), intermediate_size=arch["mlp_hidden"],
+                  num_attention_heads=num_heads_of(ckpt, arch, num_heads), intermediate_size=arch["mlp_hidden"],
                   hidden_act="gelu", layer_norm_eps=1e-6, image_size=arch["grid"][0] * arch["patch_size"],
                   patch_size=arch["patch_size"], num_channels=arch["in_chans"], qkv_bias=True,
                   norm_pix_loss=bool(ckpt.meta.get("norm_pix_loss", False)),
@@ -602,7 +602,7 @@ def hf_config(ckpt: LoadedCheckpoint, num_heads: Optional[int] = None, decoder_n
         depth = 1 + max(int(k.split(".")[1]) for k in ckpt.decoder if k.startswith("decoder_blocks."))
         kwargs.update(decoder_hidden_size=ckpt.decoder["decoder_embed.weight"].shape[0],
                       decoder_num_hidden_layers=depth,
-                      decoder_num_attention_heads=_decoder_num_heads(ckpt, decoder_num_heads),
+                      decoder_num_attention_heads=decoder_num_heads_of(ckpt, decoder_num_heads),
                       decoder_intermediate_size=ckpt.decoder["decoder_blocks.0.mlp.fc1.weight"].shape[0])
     config = ViTMAEConfig(**kwargs)
     config.architectures = ["ViTMAEForPreTraining" if ckpt.decoder else "ViTMAEModel"]

@@ -158,3 +158,26 @@ def mae_vit_large_patch16(**kwargs) -> MaskedAutoencoderViT:
 
 def mae_vit_huge_patch14(**kwargs) -> MaskedAutoencoderViT:
     return build_mae("vit_huge", **kwargs)
+
+
+def mae_from_checkpoint(path, unsafe: bool = False, num_heads: Optional[int] = None,
+                        decoder_num_heads: Optional[int] = None) -> MaskedAutoencoderViT:
+    """An MAE (encoder + decoder) rebuilt from any checkpoint that has a decoder: released `_full` and
+    `mae_visualize_*` files, our pretraining checkpoints, HF ViTMAEForPreTraining folders. Head counts are read
+    from the file or its known size; give them for custom sizes."""
+    from maetransfer.checkpoint import (CheckpointError, decoder_num_heads_of, encoder_arch, num_heads_of,
+                                        read_checkpoint)
+    ckpt = read_checkpoint(path, unsafe)
+    if not ckpt.decoder:
+        raise CheckpointError(f"{path}: has no MAE decoder (an encoder-only or fine-tuned file); reconstructions "
+                              "need a `_full`, `mae_visualize_*` or pretraining checkpoint")
+    arch = encoder_arch(ckpt.encoder, str(path))
+    dec_blocks = {int(k.split(".")[1]) for k in ckpt.decoder if k.startswith("decoder_blocks.")}
+    model = MaskedAutoencoderViT(
+        img_size=arch["grid"][0] * arch["patch_size"], patch_size=arch["patch_size"], in_chans=arch["in_chans"],
+        embed_dim=arch["embed_dim"], depth=arch["depth"], num_heads=num_heads_of(ckpt, arch, num_heads),
+        decoder_embed_dim=ckpt.decoder["decoder_embed.weight"].shape[0], decoder_depth=len(dec_blocks),
+        decoder_num_heads=decoder_num_heads_of(ckpt, decoder_num_heads),
+        norm_pix_loss=bool(ckpt.meta.get("norm_pix_loss", False)))
+    model.load_state_dict({**ckpt.encoder, **ckpt.decoder}, strict=True)
+    return model

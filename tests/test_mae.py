@@ -150,3 +150,22 @@ def test_loss_prediction_and_mask_equal_hugging_face(tmp_path, norm_pix):
     torch.testing.assert_close(loss, out.loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pred, out.logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(mask, out.mask)
+
+
+def test_visualize_tool_on_an_official_full_layout_file(tmp_path):
+    from PIL import Image
+
+    from tools.visualize_mae import main
+
+    model = tiny_mae()
+    torch.save({"model": model.state_dict()}, tmp_path / "mae_full.pth")  # the released `_full` layout
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    main([str(tmp_path / "mae_full.pth"), str(tmp_path / "red.png"), str(tmp_path / "red.png"),
+          "--out", str(tmp_path / "recon.png"), "--num-heads", "4", "--decoder-num-heads", "4"])
+    figure = Image.open(tmp_path / "recon.png")
+    assert figure.size == (4 * 32 + 5 * 2, 2 * 32 + 3 * 2)  # 4 panels per image, 2 images, 2 px padding
+    # panel 4 pastes the visible patches of the original back: 25% of the patches are exactly the input red
+    pasted = torch.tensor(list(figure.crop((2 + 3 * 34, 2, 2 + 3 * 34 + 32, 34)).getdata())).view(4, 8, 4, 8, 3)
+    is_red = (pasted == torch.tensor([200, 30, 30])).all(-1)  # (patch row, y, patch col, x)
+    red_patches = is_red.permute(0, 2, 1, 3).reshape(16, 64).all(-1).sum()
+    assert int(red_patches) == 4

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Reconstruct images with an MAE checkpoint that has a decoder and save the figure as PNG.
+
+  python tools/visualize_mae.py mae_visualize_vit_large.pth photo.jpg --out recon.png
+  python tools/visualize_mae.py output/demo/pretrain/checkpoint.pth a.jpg b.jpg --mask-ratio 0.75
+
+Rows: original | masked | reconstruction | reconstruction with the visible patches pasted back.
+Released `_full` files predict per-patch normalised pixels: pass --norm-pix to show them as pixels.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from maetransfer.checkpoint import CheckpointError  # noqa: E402
+from maetransfer.data.images import ImageReadError, read_rgb  # noqa: E402
+from pretrain.main import eval_transform  # noqa: E402
+from pretrain.models_mae import mae_from_checkpoint  # noqa: E402
+from pretrain.visualize import save_reconstructions  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("images", nargs="+")
+    parser.add_argument("--out", default="mae_reconstruction.png")
+    parser.add_argument("--mask-ratio", type=float, default=0.75)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random mask")
+    parser.add_argument("--norm-pix", action="store_true", help="the model predicts normalised patches")
+    parser.add_argument("--num-heads", type=int, help="encoder heads, for sizes the file does not reveal")
+    parser.add_argument("--decoder-num-heads", type=int, help="decoder heads, likewise")
+    parser.add_argument("--unsafe-load", action="store_true", help="allow full unpickling of the checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        model = mae_from_checkpoint(args.checkpoint, args.unsafe_load, args.num_heads, args.decoder_num_heads)
+        model.norm_pix_loss = model.norm_pix_loss or args.norm_pix
+        size = model.grid_size[0] * model.patch_size
+        imgs = torch.stack([eval_transform(size)(read_rgb(p)) for p in args.images])
+    except (CheckpointError, ImageReadError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    path = save_reconstructions(model, imgs, args.out, args.mask_ratio, seed=args.seed)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
