@@ -1,0 +1,136 @@
+"""Classification transfer run: datasets + classifier + loss on the shared engine, then top-k / per-class eval."""
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
+from ..config import save_config
+from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
+from ..engine import Trainer, dist, resolve_device
+from ..optim import param_groups
+from .evaluate import evaluate_classifier, format_summary, write_results
+from .model import build_classifier
+
+DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
+
+
+class ClassificationLoss:
+    """loss_fn for the engine: Mixup/CutMix with soft-target CE (label smoothing folded into the mixed targets), else
+    label-smoothing CE, else plain CE, as the official main_finetune."""
+
+    def __init__(self, aug_cfg: DictConfig, num_classes: int, batch_size: int):
+        active = aug_cfg.mixup > 0 or aug_cfg.cutmix > 0 or aug_cfg.cutmix_minmax is not None
+        self.mixup = None
+        if active:
+            if batch_size % 2:
+                raise ValueError(f"train.batch_size={batch_size}: Mixup/CutMix need an even per-process batch")
+            self.mixup = Mixup(mixup_alpha=aug_cfg.mixup, cutmix_alpha=aug_cfg.cutmix,
+                               cutmix_minmax=aug_cfg.cutmix_minmax, prob=aug_cfg.mixup_prob,
+                               switch_prob=aug_cfg.mixup_switch_prob, mode=aug_cfg.mixup_mode,
+                               label_smoothing=aug_cfg.smoothing, num_classes=num_classes)
+            self.criterion = SoftTargetCrossEntropy()
+        elif aug_cfg.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=aug_cfg.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    def __call__(self, model: nn.Module, batch, device: torch.device):
+        images, labels = batch
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        logits = model(images)
+        return self.criterion(logits, targets), {}
+
+
+def resolve_init_checkpoint(path: str) -> str:
+    if path != DEMO_INIT:
+        return path
+    from pretrain.demo import ensure_demo_encoder  # the demo pretraining lives in the pretrain package
+    if dist.is_main_process():
+        ensure_demo_encoder()  # pretrains on first use; the other ranks wait and then find the file
+    dist.barrier()
+    return str(ensure_demo_encoder())
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Encoder weights from any format the checkpoint reader knows, pos_embed resized to the model's grid. A decoder
+    or a classification head in the file is left out: the head is always new at transfer."""
+    load_into(model, load_encoder_state(path), source=path)
+
+
+def load_classifier(model: nn.Module, path: str) -> None:
+    """A complete classifier for evaluation: this tool's checkpoint.pth, a released mae_finetuned_vit_*.pth, or an
+    official main_finetune / main_linprobe checkpoint. Every tensor of the model must come from the file."""
+    ckpt = read_checkpoint(path)
+    state = {**ckpt.encoder, **ckpt.head}
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; "
+                              f"{_mismatch_hint(state, missing)}")
+    wrong = [k for k in target if k.startswith("head.") and state[k].shape != target[k].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but the model built for "
+                              f"this dataset expects {tuple(target[wrong[0]].shape)}")
+    load_into(model, state, source=path)
+
+
+def _mismatch_hint(state: dict, missing: list) -> str:
+    if not any(k.startswith("head.") for k in state):
+        return "it has no classification head: fine-tune it first (train.init_checkpoint)"
+    if "head.1.weight" in state and "head.weight" in missing:
+        return "it holds a linear-probe head (BatchNorm head.0 + linear head.1): evaluate with model.mode=linear"
+    if "head.weight" in state and "head.1.weight" in missing:
+        return "it holds a fine-tuning head: evaluate with model.mode=finetune"
+    return "check model.global_pool (avg uses fc_norm, token uses norm) and the model size"
+
+
+def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
+    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json."""
+    output_dir = Path(cfg.train.output_dir)
+    device = resolve_device(cfg.train.device)
+    dist.init_distributed(device.type)  # before anything is written, so that only rank 0 writes
+    if cfg.data.demo and dist.is_main_process():
+        ensure_demo_data(cfg.data.root, size=int(cfg.data.input_size))
+    dist.barrier()
+    val_set = build_dataset(cfg.data, "val", build_transform(cfg, is_train=False))
+    train_set = None if eval_only else build_dataset(cfg.data, "train", build_transform(cfg, is_train=True))
+    if train_set is not None and train_set.classes != val_set.classes:
+        raise DatasetError(f"{train_set.index_file} and {val_set.index_file} list different classes "
+                         f"({train_set.num_classes} vs {val_set.num_classes})")
+    num_classes = val_set.num_classes
+    model = build_classifier(cfg.model, num_classes, int(cfg.data.input_size))
+
+    def evaluate(m: nn.Module) -> Dict:
+        counter = evaluate_classifier(m, val_set, num_classes, int(cfg.eval.batch_size), device,
+                                      int(cfg.train.num_workers), cfg.train.amp)
+        summary = counter.summary()
+        if dist.is_main_process():
+            summary = write_results(counter, val_set.classes, output_dir, {"dataset": val_set.index_file})
+            print(f"{val_set.index_file}: {format_summary(summary)}")
+        return summary
+
+    if eval_only:
+        if not checkpoint:
+            raise ValueError("--eval-only needs --checkpoint (a fine-tuned classifier file)")
+        load_classifier(model, checkpoint)
+        model.to(device)
+        if dist.is_main_process():
+            save_config(cfg, output_dir / "config.yaml")
+        return evaluate(model)
+
+    init = resolve_init_checkpoint(cfg.train.init_checkpoint)
+    if init:
+        load_pretrained(model, init)
+    groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
+                          num_layers=model.depth + 1)
+    loss_fn = ClassificationLoss(cfg.aug, num_classes, int(cfg.train.batch_size))
+    trainer = Trainer(cfg, model, groups, train_set, loss_fn, str(output_dir), evaluate_fn=evaluate)
+    return trainer.fit()

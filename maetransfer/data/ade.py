@@ -1,0 +1,325 @@
+"""ADE20K (SceneParsing ADEChallengeData2016) reading and the mmseg training / test pipelines, in torch.
+
+Layout: `<root>/images/{training,validation}/*.jpg` and `<root>/annotations/{training,validation}/*.png` (8-bit label
+maps, 0 = "other", 1..150 = classes). `reduce_zero_label` maps 0 -> 255 (ignored) and k -> k-1.
+
+Pipelines follow mmseg 1.x `configs/_base_/datasets/ade20k.py` step by step (mmcv/mmseg semantics noted per
+function): train = RandomResize(scale (2048, 512), ratio 0.5-2.0, keep ratio) -> RandomCrop(512, cat_max_ratio .75)
+-> RandomFlip(.5) -> PhotoMetricDistortion -> normalise -> pad to the crop (image 0 after normalisation, label 255);
+test = Resize((2048, 512), keep ratio) -> normalise, with the label kept at the original size. Images stay uint8
+until normalisation as in mmseg (cv2 resizes uint8 images). Resizing uses torch's bilinear / nearest kernels, which
+sample exactly where cv2's INTER_LINEAR / INTER_NEAREST do; cv2's fixed-point rounding can differ by one grey level.
+Random draws use numpy's global generator, which the training engine seeds per epoch, rank and worker.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+# mmseg ADE20KDataset.METAINFO['classes'] (index = reduced label)
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk", "rock",
+    "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers",
+    "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway",
+    "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table",
+    "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer",
+    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole", "land",
+    "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
+    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall",
+    "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot",
+    "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase",
+    "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower",
+    "radiator", "glass", "clock", "flag")
+
+
+# -- files ------------------------------------------------------------------------------------------------------------
+def read_image(path: Path) -> torch.Tensor:
+    """RGB uint8 (3, H, W); EXIF orientation applied, as cv2.imread (mmseg's loader) does."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+
+
+def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_index: int = 255) -> torch.Tensor:
+    """uint8 (H, W) label map, checked and reduced: raw values must be 0..num_classes (reduce_zero_label) or
+    0..num_classes-1 / ignore_index."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P"):
+                raise ValueError(f"{path}: label PNG must be single-channel 8-bit (mode L or P), got mode {im.mode}")
+            raw = np.asarray(im).copy()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read label ({' '.join(str(exc).split())})") from None
+    if reduce_zero_label:
+        bad = raw > num_classes
+        allowed = f"0..{num_classes}"
+    else:
+        bad = (raw >= num_classes) & (raw != ignore_index)
+        allowed = f"0..{num_classes - 1} or {ignore_index}"
+    if bad.any():
+        raise ValueError(f"{path}: label value {int(raw[bad][0])} is outside {allowed}")
+    label = torch.from_numpy(raw)
+    if reduce_zero_label:
+        # mmseg LoadAnnotations: 0 -> 255, then k -> k - 1 (uint8 arithmetic), 254 -> 255
+        label = torch.where(label == 0, torch.full_like(label, ignore_index), label - 1)
+    return label
+
+
+class ADE20KDataset(Dataset):
+    """`root/images/<split>/*.jpg` with `root/annotations/<split>/*.png` of the same stem.
+
+    Returns {'image': uint8 (3, H, W), 'label': int64 (H, W), 'name': stem} passed through `transform` when given.
+    Every image must have its annotation; a missing one is reported at construction, naming the file.
+    """
+
+    def __init__(self, root, split: str, num_classes: int = 150, reduce_zero_label: bool = True,
+                 transform=None, ignore_index: int = 255):
+        self.root = Path(root)
+        img_dir, ann_dir = self.root / "images" / split, self.root / "annotations" / split
+        for d in (img_dir, ann_dir):
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
+                                        f"images/{split}/*.jpg + annotations/{split}/*.png)")
+        images = sorted(img_dir.glob("*.jpg"))
+        if not images:
+            raise FileNotFoundError(f"{img_dir}: no .jpg images")
+        self.samples: List[Tuple[Path, Path]] = []
+        for img in images:
+            ann = ann_dir / f"{img.stem}.png"
+            if not ann.is_file():
+                raise FileNotFoundError(f"{img}: annotation {ann} is missing")
+            self.samples.append((img, ann))
+        self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
+        self.ignore_index, self.transform = ignore_index, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Dict:
+        img_path, ann_path = self.samples[index]
+        image = read_image(img_path)
+        label = read_label(ann_path, self.num_classes, self.reduce_zero_label, self.ignore_index)
+        if tuple(image.shape[1:]) != tuple(label.shape):
+            raise ValueError(f"{ann_path}: label size {tuple(label.shape)} differs from image size "
+                             f"{tuple(image.shape[1:])} of {img_path.name}")
+        sample = {"image": image, "label": label.long(), "name": img_path.stem}
+        return self.transform(sample) if self.transform is not None else sample
+
+
+# -- geometry ---------------------------------------------------------------------------------------------------------
+def rescale_size(h: int, w: int, scale: Sequence[float]) -> Tuple[int, int]:
+    """mmcv `rescale_size` for a (long, short) scale bound, keeping the aspect ratio: (new_h, new_w)."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+def view_size(h: int, w: int, scale: Sequence[float], ratio: float = 1.0,
+              min_size: Optional[int] = None) -> Tuple[int, int]:
+    """Size of a test image at `ratio` x `scale` (mmseg 0.x MultiScaleFlipAug scales = ratio * img_scale).
+    With `min_size` (mmseg Resize(min_size=...), used by the MAE/BEiT multi-scale tests) the short side becomes
+    max(short bound, min_size) and the long-side bound no longer applies, so no view is smaller than the crop."""
+    bound = (int(scale[0] * ratio), int(scale[1] * ratio))
+    if min_size is None:
+        return rescale_size(h, w, bound)
+    short = max(min(bound), min_size)
+    return rescale_size(h, w, (short * max(h, w) / min(h, w), short))
+
+
+def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (3, h, w), bilinear with half-pixel centres (cv2 INTER_LINEAR), rounded."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_label(label: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(H, W) -> (h, w) nearest neighbour (torch 'nearest' = cv2 INTER_NEAREST: source index floor(dst * scale))."""
+    if tuple(label.shape) == tuple(size):
+        return label
+    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(label.dtype)
+
+
+def random_resize(image: torch.Tensor, label: torch.Tensor, scale: Sequence[int],
+                  ratio_range: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """mmcv RandomResize(scale, ratio_range, keep_ratio=True): bound = int(scale * r), r ~ U(ratio_range)."""
+    r = np.random.random_sample() * (ratio_range[1] - ratio_range[0]) + ratio_range[0]
+    size = rescale_size(image.shape[1], image.shape[2], (int(scale[0] * r), int(scale[1] * r)))
+    return resize_image(image, size), resize_label(label, size)
+
+
+def crop_bbox(label: torch.Tensor, crop_size: Tuple[int, int], cat_max_ratio: float = 1.0,
+              ignore_index: int = 255) -> Tuple[int, int, int, int]:
+    """mmseg RandomCrop.crop_bbox: a random (y1, y2, x1, x2) window; with cat_max_ratio < 1, up to 10 re-draws until
+    the window holds more than one category and no category covers cat_max_ratio or more of its labelled pixels."""
+    h, w = label.shape
+
+    def draw():
+        off_h = np.random.randint(0, max(h - crop_size[0], 0) + 1)
+        off_w = np.random.randint(0, max(w - crop_size[1], 0) + 1)
+        return off_h, off_h + crop_size[0], off_w, off_w + crop_size[1]
+
+    box = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            y1, y2, x1, x2 = box
+            values, counts = torch.unique(label[y1:y2, x1:x2], return_counts=True)
+            counts = counts[values != ignore_index]
+            if len(counts) > 1 and counts.max().item() / counts.sum().item() < cat_max_ratio:
+                break
+            box = draw()
+    return box
+
+
+def random_crop(image: torch.Tensor, label: torch.Tensor, crop_size: Tuple[int, int], cat_max_ratio: float,
+                ignore_index: int = 255) -> Tuple[torch.Tensor, torch.Tensor]:
+    y1, y2, x1, x2 = crop_bbox(label, crop_size, cat_max_ratio, ignore_index)
+    return image[:, y1:y2, x1:x2], label[y1:y2, x1:x2]
+
+
+# -- photometric distortion (mmseg PhotoMetricDistortion on uint8 images, cv2 8-bit HSV) ---------------------------------
+_HSV_SHIFT = 12
+_IDX = torch.arange(256, dtype=torch.float64)
+# cv2 color_hsv.simd.hpp tables: saturate_cast<int>((255 << 12) / i) and ((180 << 12) / (6 i)), 0 at i = 0;
+# torch.round rounds half to even as cvRound does.
+_SDIV = torch.where(_IDX > 0, torch.round((255 << _HSV_SHIFT) / _IDX.clamp(min=1)), 0).long()
+_HDIV = torch.where(_IDX > 0, torch.round((180 << _HSV_SHIFT) / (6 * _IDX.clamp(min=1))), 0).long()
+# cv2 HSV2RGB sector table: indices into (v, p, q, t) for (b, g, r)
+_SECTORS = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
+
+
+def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (3, H, W) -> uint8 HSV with H in 0..179, S and V in 0..255: cv2.cvtColor(COLOR_RGB2HSV) integer path."""
+    r, g, b = image.long()
+    v = torch.maximum(torch.maximum(r, g), b)
+    diff = v - torch.minimum(torch.minimum(r, g), b)
+    half = 1 << (_HSV_SHIFT - 1)
+    s = (diff * _SDIV[v] + half) >> _HSV_SHIFT
+    h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h = (h * _HDIV[diff] + half) >> _HSV_SHIFT
+    h = torch.where(h < 0, h + 180, h)
+    return torch.stack([h, s, v]).clamp(0, 255).to(torch.uint8)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """uint8 HSV (H 0..179) -> uint8 RGB: cv2.cvtColor(COLOR_HSV2RGB) 8-bit path (float32 maths, rounded)."""
+    h = hsv[0].float() * (6.0 / 180.0)
+    s = hsv[1].float() * (1.0 / 255.0)
+    v = hsv[2].float() * (1.0 / 255.0)
+    h = torch.remainder(h, 6.0)
+    sector = torch.floor(h)
+    f = h - sector
+    sector = sector.long().clamp(0, 5)
+    tab = torch.stack([v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))])
+    idx = _SECTORS[sector]                                           # (H, W, 3) -> b, g, r
+    bgr = torch.gather(tab, 0, idx.permute(2, 0, 1))
+    bgr = torch.where(s[None] == 0, v[None].expand_as(bgr), bgr)
+    rgb = bgr.flip(0) * 255.0
+    return torch.round(rgb).clamp(0, 255).to(torch.uint8)
+
+
+def _convert(x: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+    # float32 maths, clip, then truncate to uint8 (numpy astype) exactly as mmseg's `convert`
+    return (x.float() * alpha + beta).clamp(0, 255).to(torch.uint8)
+
+
+def photometric_distortion(image: torch.Tensor, brightness_delta: int = 32,
+                           contrast_range: Sequence[float] = (0.5, 1.5),
+                           saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18) -> torch.Tensor:
+    """mmseg PhotoMetricDistortion: each step with probability 0.5, in mmseg's order and draws: brightness,
+    contrast (first or last, by a coin), saturation (HSV S x alpha), hue (H + randint[-delta, delta) mod 180)."""
+    if np.random.randint(2):
+        image = _convert(image, beta=np.random.uniform(-brightness_delta, brightness_delta))
+    mode = np.random.randint(2)
+    if mode == 1 and np.random.randint(2):
+        image = _convert(image, alpha=np.random.uniform(*contrast_range))
+    if np.random.randint(2):
+        hsv = rgb_to_hsv(image)
+        hsv[1] = _convert(hsv[1], alpha=np.random.uniform(*saturation_range))
+        image = hsv_to_rgb(hsv)
+    if np.random.randint(2):
+        hsv = rgb_to_hsv(image)
+        hsv[0] = ((hsv[0].long() + np.random.randint(-hue_delta, hue_delta)) % 180).to(torch.uint8)
+        image = hsv_to_rgb(hsv)
+    if mode == 0 and np.random.randint(2):
+        image = _convert(image, alpha=np.random.uniform(*contrast_range))
+    return image
+
+
+def normalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 (x - mean) / std per RGB channel."""
+    mean = torch.tensor(mean, dtype=torch.float32, device=image.device).view(3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=image.device).view(3, 1, 1)
+    return (image.float() - mean) / std
+
+
+# -- pipelines --------------------------------------------------------------------------------------------------------
+class SegTrainTransform:
+    """The mmseg ADE20K training pipeline (module docstring) from the `data` config section."""
+
+    def __init__(self, data_cfg, ignore_index: int = 255):
+        self.scale = tuple(data_cfg.scale)
+        self.ratio_range = tuple(data_cfg.ratio_range)
+        self.crop_size = tuple(data_cfg.crop_size)
+        self.cat_max_ratio = float(data_cfg.cat_max_ratio)
+        self.flip_prob = float(data_cfg.flip_prob)
+        self.photometric = bool(data_cfg.photometric)
+        self.mean, self.std = tuple(data_cfg.mean), tuple(data_cfg.std)
+        self.ignore_index = ignore_index
+
+    def __call__(self, sample: Dict) -> Dict:
+        image, label = random_resize(sample["image"], sample["label"], self.scale, self.ratio_range)
+        image, label = random_crop(image, label, self.crop_size, self.cat_max_ratio, self.ignore_index)
+        if np.random.random_sample() < self.flip_prob:
+            image, label = image.flip(-1), label.flip(-1)
+        if self.photometric:
+            image = photometric_distortion(image)
+        x = normalize(image, self.mean, self.std)
+        # pad after normalisation (mmseg SegDataPreProcessor / 0.x Normalize -> Pad): image 0, label ignore
+        ph, pw = self.crop_size[0] - x.shape[1], self.crop_size[1] - x.shape[2]
+        if ph > 0 or pw > 0:
+            x = F.pad(x, (0, max(pw, 0), 0, max(ph, 0)), value=0.0)
+            label = F.pad(label, (0, max(pw, 0), 0, max(ph, 0)), value=self.ignore_index)
+        return {"image": x, "label": label, "name": sample["name"]}
+
+
+def collate_train(batch: List[Dict]) -> Dict:
+    return {"image": torch.stack([b["image"] for b in batch]), "label": torch.stack([b["label"] for b in batch])}
+
+
+# -- the demo data set --------------------------------------------------------------------------------------------------
+def write_demo_ade20k(root, n_train: int = 200, n_val: int = 40, size: int = 128, seed: int = 0) -> Path:
+    """Write synthetic scenes (maetransfer.data.demo) in the ADEChallengeData2016 layout.
+
+    Label = 1 + shape category on the shape's pixels and 0 on the background, so with reduce_zero_label the
+    background is ignored exactly like ADE20K's "other" (0) and the 6 shapes are classes 0..5.
+    """
+    from .demo import render_scenes
+
+    root = Path(root)
+    for split, n, split_seed in (("training", n_train, seed), ("validation", n_val, seed + 1)):
+        img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        ann_dir.mkdir(parents=True, exist_ok=True)
+        prefix = "ADE_train" if split == "training" else "ADE_val"
+        for i, (image, instances) in enumerate(render_scenes(n, size=size, seed=split_seed)):
+            label = np.zeros(image.shape[:2], dtype=np.uint8)
+            for inst in instances:
+                label[inst.mask] = inst.category + 1
+            Image.fromarray(image).save(img_dir / f"{prefix}_{i:08d}.jpg", quality=95)
+            Image.fromarray(label).save(ann_dir / f"{prefix}_{i:08d}.png")
+    return root

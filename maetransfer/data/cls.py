@@ -1,0 +1,283 @@
+"""Classification datasets in their released on-disk formats, their transforms, and the demo data set.
+
+Formats (paths in the index files are relative to an image folder, itself relative to the data root):
+  inat       iNaturalist 2017/2018/2019 `{train,val}{year}.json`: COCO-like `images` (id, file_name),
+             `annotations` (image_id, category_id) and `categories` (id, name); file_name is relative to the root.
+             Category ids are mapped to contiguous labels in sorted-id order.
+  places     "path label" list files: Places365 (`places365_train_standard.txt`, `places365_train_challenge.txt`,
+             `places365_val.txt`; images in data_256/ and val_256/, names in categories_places365.txt) and Places205
+             (`trainvalsplit_places205/{train,val}_places205.csv`; images in data/vision/torralba/deeplearning/images256/).
+  imagefolder  one sub-folder per class (ImageNet `train/`, `val/`), read with torchvision's folder scanner.
+Bad input raises DatasetError with one line naming the file and the entry.
+"""
+import json
+import os
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from timm.data import create_transform
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from .demo import SHAPES, render_scenes
+from .images import ImageReadError, read_rgb
+
+FORMATS = ("imagefolder", "inat", "places")
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; the message is one line naming the file and the entry."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class LabeledImages(Dataset):
+    """(image, label) pairs: image paths relative to `image_root`, integer labels in [0, len(classes)).
+
+    `index_file` and `entries` name where each sample was listed (a line number or an image id) so that a missing or
+    corrupt image is reported against the entry of the index file that refers to it.
+    """
+
+    def __init__(self, image_root: str, paths: Sequence[str], labels: Sequence[int], classes: List[str],
+                 index_file: str, entry_kind: Optional[str] = None, entries: Optional[Sequence] = None,
+                 transform=None):
+        self.image_root = str(image_root)
+        self.paths = list(paths)
+        self.targets = np.asarray(labels, dtype=np.int64)
+        self.classes = list(classes)
+        self.index_file = str(index_file)
+        self.entry_kind = entry_kind
+        self.entries = list(entries) if entries is not None else None
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def where(self, i: int) -> str:
+        if self.entries is None:
+            return self.index_file
+        return f"{self.index_file}: {self.entry_kind} {self.entries[i]}"
+
+    def __getitem__(self, i: int):
+        try:
+            image = read_rgb(os.path.join(self.image_root, self.paths[i]))
+        except ImageReadError as exc:  # name the index entry that lists the bad file as well
+            raise DatasetError(f"{self.where(i)}: {exc}") from None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[i])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.index_file}: {len(self)} images, {self.num_classes} classes, "
+                f"images under {self.image_root})")
+
+
+def _check_num_classes(found: int, expected: Optional[int], source: str) -> None:
+    if expected is not None and found != expected:
+        raise DatasetError(f"{source}: has {found} classes but data.num_classes is {expected}")
+
+
+# -- iNaturalist ---------------------------------------------------------------------------------------------------
+def inat_dataset(json_path, image_root, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
+    """iNaturalist 2017/2018/2019 annotation file (one category per image)."""
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: annotation file not found")
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_path}: not valid JSON ({_one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{json_path}: expected a JSON object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{json_path}: missing list '{key}' (an iNaturalist/COCO-style file has images, "
+                               "annotations and categories)")
+    try:
+        cat_ids = sorted({int(c["id"]) for c in data["categories"]})
+        names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{json_path}: every category needs an integer 'id'") from None
+    if not cat_ids:
+        raise DatasetError(f"{json_path}: 'categories' is empty")
+    _check_num_classes(len(cat_ids), num_classes, str(json_path))
+    label_of = {cid: i for i, cid in enumerate(cat_ids)}
+
+    label_of_image = {}
+    for n, ann in enumerate(data["annotations"]):
+        try:
+            image_id, cat = ann["image_id"], int(ann["category_id"])
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(f"{json_path}: annotation #{n} needs 'image_id' and an integer 'category_id'") from None
+        if cat not in label_of:
+            raise DatasetError(f"{json_path}: annotation #{n} (image id {image_id}) has category_id {cat}, "
+                               f"which is not in 'categories' (label out of range)")
+        if label_of_image.setdefault(image_id, label_of[cat]) != label_of[cat]:
+            raise DatasetError(f"{json_path}: image id {image_id} has annotations of two different categories")
+
+    paths, labels, ids = [], [], []
+    for n, img in enumerate(data["images"]):
+        try:
+            image_id, file_name = img["id"], str(img["file_name"])
+        except (KeyError, TypeError):
+            raise DatasetError(f"{json_path}: image #{n} needs 'id' and 'file_name'") from None
+        if image_id not in label_of_image:
+            raise DatasetError(f"{json_path}: image id {image_id} ({file_name}) has no annotation")
+        paths.append(file_name)
+        labels.append(label_of_image[image_id])
+        ids.append(image_id)
+    return LabeledImages(image_root, paths, labels, [names[c] for c in cat_ids], str(json_path), "image id", ids,
+                         transform)
+
+
+# -- Places list files ---------------------------------------------------------------------------------------------
+_LETTER_DIR = re.compile(r"^/?[a-z]/")  # Places group their class folders under the first letter: /a/airfield
+
+
+def _read_categories(path: Path) -> List[str]:
+    """categories_places365.txt: "/a/airfield 0" lines, indices 0..N-1 in order."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: category file not found")
+    names = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DatasetError(f"{path}: line {lineno}: expected 'name index', got {line.strip()!r}")
+        names[int(parts[1])] = _LETTER_DIR.sub("", parts[0])
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{path}: class indices are not 0..{len(names) - 1}")
+    return [names[i] for i in range(len(names))]
+
+
+def places_dataset(list_path, image_root, num_classes: Optional[int] = None, categories=None,
+                   transform=None) -> LabeledImages:
+    """A Places205/Places365 "relative/path.jpg label" list. Class names come from `categories` (Places365's
+    categories_places365.txt) or else from the class folders in the listed paths."""
+    list_path = Path(list_path)
+    if not list_path.is_file():
+        raise DatasetError(f"{list_path}: list file not found")
+    names = _read_categories(Path(categories)) if categories else None
+    if names is not None:
+        _check_num_classes(len(names), num_classes, str(categories))
+        num_classes = len(names)
+    if num_classes is None:
+        raise DatasetError(f"{list_path}: set data.num_classes (or data.categories) for a list-file dataset")
+    paths, labels, lines = [], [], []
+    with open(list_path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise DatasetError(f"{list_path}: line {lineno}: expected 'image_path label', got {line.strip()!r}")
+            label = int(parts[1])
+            if not 0 <= label < num_classes:
+                raise DatasetError(f"{list_path}: line {lineno}: label {label} out of range [0, {num_classes})")
+            paths.append(parts[0].lstrip("/"))  # Places365 train lists start with '/': /a/airfield/00000001.jpg
+            labels.append(label)
+            lines.append(lineno)
+    if not paths:
+        raise DatasetError(f"{list_path}: the list is empty")
+    if names is None:
+        names = [str(i) for i in range(num_classes)]
+        for path, label in zip(paths, labels):  # first listed image of each class names it by its folder
+            if names[label] == str(label) and "/" in path:
+                names[label] = _LETTER_DIR.sub("", os.path.dirname(path))
+    return LabeledImages(image_root, paths, labels, names, str(list_path), "line", lines, transform)
+
+
+# -- ImageFolder ---------------------------------------------------------------------------------------------------
+def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
+    """A folder with one sub-folder of images per class (torchvision ImageFolder layout, e.g. ImageNet)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    try:
+        classes, class_to_idx = find_classes(folder)
+        samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as exc:  # no class folders, or a class folder without images
+        raise DatasetError(f"{folder}: {_one_line(exc)}") from None
+    _check_num_classes(len(classes), num_classes, str(folder))
+    paths = [os.path.relpath(p, folder) for p, _ in samples]
+    return LabeledImages(str(folder), paths, [c for _, c in samples], classes, str(folder), transform=transform)
+
+
+# -- from the config -----------------------------------------------------------------------------------------------
+def build_dataset(data_cfg, split: str, transform=None) -> LabeledImages:
+    """The `train` or `val` split described by the `data:` config section."""
+    if data_cfg.format not in FORMATS:
+        raise DatasetError(f"data.format '{data_cfg.format}' is not one of {', '.join(FORMATS)}")
+    root = Path(data_cfg.root)
+    index = root / str(data_cfg[split])
+    images = root / str(data_cfg[f"{split}_images"] or "")
+    num_classes = data_cfg.num_classes
+    if data_cfg.format == "imagefolder":
+        return image_folder_dataset(index, num_classes, transform)
+    if data_cfg.format == "inat":
+        return inat_dataset(index, images, num_classes, transform)
+    categories = root / str(data_cfg.categories) if data_cfg.categories else None
+    return places_dataset(index, images, num_classes, categories, transform)
+
+
+def build_transform(cfg, is_train: bool):
+    """timm transforms as the official recipe: train = RandomResizedCrop (bicubic) + flip [+ RandAugment + random
+    erasing]; eval = bicubic resize to input / crop_pct + center crop (crop_pct 224/256 up to 224 px, else 1.0)."""
+    size = int(cfg.data.input_size)
+    if not is_train:
+        crop_pct = cfg.eval.crop_pct if cfg.eval.crop_pct is not None else (224 / 256 if size <= 224 else 1.0)
+        return create_transform(size, is_training=False, interpolation="bicubic", crop_pct=float(crop_pct))
+    aug = cfg.aug
+    return create_transform(size, is_training=True, interpolation="bicubic", scale=tuple(aug.scale),
+                            auto_augment=aug.auto_augment or None, color_jitter=aug.color_jitter,
+                            re_prob=float(aug.reprob), re_mode=aug.remode, re_count=int(aug.recount))
+
+
+# -- demo data -----------------------------------------------------------------------------------------------------
+def write_demo_data(root, n_train: int = 600, n_val: int = 200, size: int = 64, seed: int = 0) -> Path:
+    """Synthetic classification set in the iNaturalist format: `train.json` / `val.json` + PNGs under images/.
+
+    Each image is a demo scene labelled with the category of its largest visible shape. Written to a temporary
+    folder and renamed, so an interrupted run never leaves a half-written set.
+    """
+    root = Path(root)
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    scenes = (s for s in render_scenes(10 * (n_train + n_val), size=size, seed=seed) if s[1])
+    categories = [{"id": i, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
+    next_id = 0
+    for split, count in (("train", n_train), ("val", n_val)):
+        images, annotations = [], []
+        for _ in range(count):
+            image, instances = next(scenes)
+            label = max(instances, key=lambda inst: int(inst.mask.sum())).category
+            file_name = f"images/{split}/{SHAPES[label]}/{next_id:05d}.png"
+            (tmp / file_name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(tmp / file_name)
+            images.append({"id": next_id, "file_name": file_name, "width": size, "height": size})
+            annotations.append({"id": next_id, "image_id": next_id, "category_id": label})
+            next_id += 1
+        (tmp / f"{split}.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                                       "categories": categories}))
+    os.replace(tmp, root)
+    return root
+
+
+def ensure_demo_data(root, **kwargs) -> Path:
+    """The demo set at `root`, written on first use."""
+    root = Path(root)
+    if not (root / "val.json").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        print(f"writing the demo classification data to {root}")
+        write_demo_data(root, **kwargs)
+    return root
