@@ -90,7 +90,8 @@ def test_places365_standard_lists(tmp_path):
 def test_places205_lists_and_class_names_from_folders(tmp_path):
     split = tmp_path / "trainvalsplit_places205"
     split.mkdir()
-    (split / "train_places205.csv").write_text("a/abbey/gsun_01.jpg 0\nb/badlands/gsun_02.jpg 1\na/abbey/gsun_03.jpg 0\n")
+    (split / "train_places205.csv").write_text(
+        "a/abbey/gsun_01.jpg 0\nb/badlands/gsun_02.jpg 1\na/abbey/gsun_03.jpg 0\n")
     (split / "val_places205.csv").write_text("b/badlands/gsun_04.jpg 1\n")
     images = tmp_path / "data/vision/torralba/deeplearning/images256"
     for rel in ("a/abbey/gsun_01.jpg", "b/badlands/gsun_02.jpg", "a/abbey/gsun_03.jpg", "b/badlands/gsun_04.jpg"):
@@ -209,3 +210,13 @@ def test_demo_data_labels_are_the_largest_shape(tmp_path):
         ds, j = (train, i) if i < 6 else (val, i - 6)
         assert ds.targets[j] == instances[int(np.argmax(areas))].category
         assert np.array_equal(np.asarray(ds[j][0]), image)  # PNG: lossless
+
+
+def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
+    """rand-m9-mstd0.5-inc1 reaches magnitude 10 = keep 0 bits; old Pillow gave black (value & 0), new Pillow raises."""
+    from timm.data.auto_augment import AugmentOp
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 255, (16, 16, 3), dtype=np.uint8))
+    out = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10, hparams={})(image)
+    assert out.size == image.size and out.mode == "RGB" and not np.asarray(out).any()
+    kept = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5, hparams={})(image)  # 2 bits: value & 0b11000000
+    assert np.array_equal(np.asarray(kept), np.asarray(image) & 0xC0)

@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     cfg.train.output_dir = args.output_dir or cfg.train.output_dir or f"output/cls/{Path(args.config).stem}"
     try:
         return run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint)
-    except (DatasetError, CheckpointError) as exc:
+    except (ConfigError, DatasetError, CheckpointError) as exc:
         parser.exit(1, f"error: {exc}\n")
 
 

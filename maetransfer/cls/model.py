@@ -10,6 +10,7 @@ partial   the last k blocks, the final norm (norm or fc_norm) and the head train
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from ..config import ConfigError
 from ..models import VisionTransformer, build_vit
 
 MODES = ("finetune", "linear", "partial")
@@ -19,9 +20,9 @@ def build_classifier(model_cfg, num_classes: int, img_size: int) -> VisionTransf
     """The classifier for `model_cfg.mode`, with `requires_grad` set so that only the trained parts are tuned."""
     mode = model_cfg.mode
     if mode not in MODES:
-        raise ValueError(f"model.mode '{mode}' is not one of {', '.join(MODES)}")
+        raise ConfigError(f"model.mode '{mode}' is not one of {', '.join(MODES)}")
     if model_cfg.global_pool not in ("avg", "token"):
-        raise ValueError(f"model.global_pool '{model_cfg.global_pool}' must be 'avg' or 'token'")
+        raise ConfigError(f"model.global_pool '{model_cfg.global_pool}' must be 'avg' or 'token'")
     arch = {k: model_cfg[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if model_cfg[k] is not None}
     model = build_vit(model_cfg.arch, img_size=img_size, num_classes=num_classes,
                       global_pool=model_cfg.global_pool, drop_path_rate=float(model_cfg.drop_path),
@@ -40,7 +41,7 @@ def trainable_prefixes(model: VisionTransformer, mode: str, partial_blocks: int 
     if mode == "linear":
         return ("head.",)
     if not 0 <= partial_blocks <= model.depth:
-        raise ValueError(f"model.partial_blocks={partial_blocks}: must be between 0 and the depth {model.depth}")
+        raise ConfigError(f"model.partial_blocks={partial_blocks}: must be between 0 and the depth {model.depth}")
     blocks = tuple(f"blocks.{i}." for i in range(model.depth - partial_blocks, model.depth))
     return blocks + ("norm.", "fc_norm.", "head.")
 

@@ -9,7 +9,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
-from ..config import save_config
+from ..config import ConfigError, save_config
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
 from ..engine import Trainer, dist, resolve_device
 from ..optim import param_groups
@@ -28,7 +28,7 @@ class ClassificationLoss:
         self.mixup = None
         if active:
             if batch_size % 2:
-                raise ValueError(f"train.batch_size={batch_size}: Mixup/CutMix need an even per-process batch")
+                raise ConfigError(f"train.batch_size={batch_size}: Mixup/CutMix need an even per-process batch")
             self.mixup = Mixup(mixup_alpha=aug_cfg.mixup, cutmix_alpha=aug_cfg.cutmix,
                                cutmix_minmax=aug_cfg.cutmix_minmax, prob=aug_cfg.mixup_prob,
                                switch_prob=aug_cfg.mixup_switch_prob, mode=aug_cfg.mixup_mode,
@@ -102,9 +102,12 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     dist.barrier()
     val_set = build_dataset(cfg.data, "val", build_transform(cfg, is_train=False))
     train_set = None if eval_only else build_dataset(cfg.data, "train", build_transform(cfg, is_train=True))
-    if train_set is not None and train_set.classes != val_set.classes:
-        raise DatasetError(f"{train_set.index_file} and {val_set.index_file} list different classes "
-                         f"({train_set.num_classes} vs {val_set.num_classes})")
+    # Folder and json formats define labels by class, so both splits must name the same classes; Places lists
+    # define them by number (their names are only derived from the folders).
+    if train_set is not None and (train_set.num_classes != val_set.num_classes or
+                                  (cfg.data.format != "places" and train_set.classes != val_set.classes)):
+        raise DatasetError(f"{train_set.index_file} and {val_set.index_file} define different classes "
+                           f"({train_set.num_classes} vs {val_set.num_classes})")
     num_classes = val_set.num_classes
     model = build_classifier(cfg.model, num_classes, int(cfg.data.input_size))
 

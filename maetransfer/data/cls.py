@@ -5,8 +5,9 @@ Formats (paths in the index files are relative to an image folder, itself relati
              `annotations` (image_id, category_id) and `categories` (id, name); file_name is relative to the root.
              Category ids are mapped to contiguous labels in sorted-id order.
   places     "path label" list files: Places365 (`places365_train_standard.txt`, `places365_train_challenge.txt`,
-             `places365_val.txt`; images in data_256/ and val_256/, names in categories_places365.txt) and Places205
-             (`trainvalsplit_places205/{train,val}_places205.csv`; images in data/vision/torralba/deeplearning/images256/).
+             `places365_val.txt`; images in data_256/ and val_256/, names in categories_places365.txt) and
+             Places205 (`trainvalsplit_places205/{train,val}_places205.csv`; images in
+             data/vision/torralba/deeplearning/images256/).
   imagefolder  one sub-folder per class (ImageNet `train/`, `val/`), read with torchvision's folder scanner.
 Bad input raises DatasetError with one line naming the file and the entry.
 """
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
-from timm.data import create_transform
+from PIL import Image, ImageOps
+from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -229,6 +230,25 @@ def build_dataset(data_cfg, split: str, transform=None) -> LabeledImages:
         return inat_dataset(index, images, num_classes, transform)
     categories = root / str(data_cfg.categories) if data_cfg.categories else None
     return places_dataset(index, images, num_classes, categories, transform)
+
+
+_TIMM_POSTERIZE = auto_augment.posterize
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize op, also for 0 bits. RandAugment's `inc1` policy asks for 0 bits at magnitude 10 (reached
+    when m9 + mstd0.5 samples >= 10, about 2% of its draws): the Pillow of the official code returned a black image,
+    current Pillow raises "bits must be between or equal to 1 and 8", which would stop a training run at random."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # posterize to 0 bits = every channel value & 0
+    return _TIMM_POSTERIZE(img, bits_to_keep, **kwargs)
+
+
+try:
+    ImageOps.posterize(Image.new("RGB", (1, 1)), 0)
+except ValueError:  # this Pillow refuses 0 bits: route timm's posterize ops through the wrapper
+    for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[_name] = _posterize
 
 
 def build_transform(cfg, is_train: bool):

@@ -10,7 +10,7 @@ from ..data.coco import CocoDetection
 
 @torch.no_grad()
 def save_predictions(model: torch.nn.Module, dataset: CocoDetection, path, num_images: int = 8,
-                     score_thresh: float = 0.5, mask_threshold: float = 0.5) -> Path:
+                     score_thresh: float = 0.3, mask_threshold: float = 0.5) -> Path:
     """Boxes, class names, scores and masks of detections above `score_thresh` on the first images of `dataset`."""
     device = next(model.parameters()).device
     was_training = model.training
