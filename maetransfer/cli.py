@@ -1,5 +1,5 @@
 """What every tool's command line shares: a config with dotted overrides, output dir, resume, evaluation of a
-checkpoint, explicit unsafe loading, and one-line errors for bad input."""
+checkpoint, and one-line errors for bad input."""
 import argparse
 from typing import Callable, Optional, Sequence, Tuple, Type
 
@@ -16,8 +16,6 @@ def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = Non
     parser.add_argument("--config", default=demo_config, help="YAML recipe (default: the CPU demo)")
     parser.add_argument("--output-dir", help="overrides train.output_dir")
     parser.add_argument("--resume", help="checkpoint.pth to continue from, or 'auto' (the output dir's)")
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="allow checkpoints that need full unpickling (can run code: trusted files only)")
     if checkpoint_help:
         parser.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on the val split")
         parser.add_argument("--checkpoint", help=checkpoint_help)
@@ -34,7 +32,6 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
         parser.error("--checkpoint is for --eval-only; to start training from weights use train.init_checkpoint=")
     extra = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
     extra += [f"train.resume={args.resume}"] if args.resume else []
-    extra += ["train.unsafe_load=true"] if args.unsafe_load else []
     try:
         return args, load_config(args.config, [*args.overrides, *extra])
     except ConfigError as exc:

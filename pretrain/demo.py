@@ -5,10 +5,12 @@ from PIL import Image
 
 from maetransfer.config import load_config
 from maetransfer.data.demo import render_scenes
+from maetransfer.engine import dist
 
 from .main import ENCODER_FILE, run
 
 DEMO_CONFIG = "configs/pretrain/demo.yaml"
+DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
 
 
 def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) -> Path:
@@ -33,3 +35,14 @@ def ensure_demo_encoder(root="output/demo", overrides=()) -> Path:
     write_demo_images(cfg.data.root, size=cfg.model.img_size)
     print(f"pretraining the demo MAE encoder into {encoder} (first run only)")
     return run(cfg)
+
+
+def resolve_init_checkpoint(path: str) -> str:
+    """`train.init_checkpoint` as a file path: 'demo' is the demo encoder, pretrained once by the main process while
+    the other processes wait."""
+    if path != DEMO_INIT:
+        return path
+    if dist.is_main_process():
+        ensure_demo_encoder()
+    dist.barrier()
+    return str(ensure_demo_encoder())

@@ -16,7 +16,6 @@ from ..optim import param_groups
 from .evaluate import evaluate_classifier, format_summary, write_results
 from .model import build_classifier
 
-DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
 
 
 class ClassificationLoss:
@@ -47,16 +46,6 @@ class ClassificationLoss:
             images, targets = self.mixup(images, labels)
         logits = model(images)
         return self.criterion(logits, targets), {}
-
-
-def resolve_init_checkpoint(path: str) -> str:
-    if path != DEMO_INIT:
-        return path
-    from pretrain.demo import ensure_demo_encoder  # the demo pretraining lives in the pretrain package
-    if dist.is_main_process():
-        ensure_demo_encoder()  # pretrains on first use; the other ranks wait and then find the file
-    dist.barrier()
-    return str(ensure_demo_encoder())
 
 
 def load_pretrained(model: nn.Module, path: str) -> None:
@@ -129,6 +118,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
             save_config(cfg, output_dir / "config.yaml")
         return evaluate(model)
 
+    from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
     init = resolve_init_checkpoint(cfg.train.init_checkpoint)
     if init:
         load_pretrained(model, init)

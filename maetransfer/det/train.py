@@ -102,7 +102,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
         return final
 
     if cfg.train.init_checkpoint:
-        from ..cls.train import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
+        from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
         load_pretrained(model, resolve_init_checkpoint(cfg.train.init_checkpoint))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
                           num_layers=model.backbone.net.depth + 1)

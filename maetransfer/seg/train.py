@@ -16,7 +16,6 @@ from .evaluate import evaluate_segmentation
 from .metric import format_table
 from .segmentor import EncoderDecoder, build_segmentor
 
-DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
 
 
 class SegLoss:
@@ -33,13 +32,6 @@ def class_names(cfg: DictConfig) -> List[str]:
     if len(names) != int(cfg.model.num_classes):
         raise ValueError(f"data.class_names has {len(names)} names but model.num_classes is {cfg.model.num_classes}")
     return names
-
-
-def resolve_init_checkpoint(path: str) -> str:
-    if path == DEMO_INIT:
-        from pretrain.demo import ensure_demo_encoder  # the demo pretraining lives in the pretrain package
-        return str(ensure_demo_encoder())
-    return path
 
 
 def load_segmentor(model: EncoderDecoder, path: str) -> None:
@@ -102,6 +94,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
             save_config(cfg, output_dir / "config.yaml")
         return evaluate(model)
 
+    from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
     init = resolve_init_checkpoint(cfg.train.init_checkpoint)
     if init:
         load_into(model.backbone, load_encoder_state(init), source=init)
