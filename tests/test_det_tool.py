@@ -58,7 +58,7 @@ def test_tool_errors_are_one_line_naming_the_file(tmp_path, capsys):
     (data / "annotations" / "instances_val2017.json").write_text("{not json")
     with pytest.raises(SystemExit) as exit_info:
         tool.main(_args(data, tmp_path / "run"))
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1  # bad input: one line, exit 1 (usage errors are 2)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "instances_val2017.json: not valid JSON" in err and "\n" not in err
 

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
@@ -10,7 +11,7 @@ from ..data.coco import CocoDetection
 
 @torch.no_grad()
 def save_predictions(model: torch.nn.Module, dataset: CocoDetection, path, num_images: int = 8,
-                     score_thresh: float = 0.3, mask_threshold: float = 0.5) -> Path:
+                     score_thresh: float = 0.3, mask_threshold: float = 0.5, min_side: int = 256) -> Path:
     """Boxes, class names, scores and masks of detections above `score_thresh` on the first images of `dataset`."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -20,19 +21,21 @@ def save_predictions(model: torch.nn.Module, dataset: CocoDetection, path, num_i
         image, _ = dataset[index]
         out = model([image.to(device).float()])[0]
         keep = out["scores"] >= score_thresh
-        canvas = image.to(torch.uint8).cpu()
+        # Small images (the demo's) are enlarged so that the labels stay readable.
+        zoom = max(1, -(-min_side // max(image.shape[1:])))
+        canvas = F.interpolate(image[None].float(), scale_factor=zoom, mode="nearest")[0].to(torch.uint8).cpu()
         if keep.any():
-            masks = out["masks"][keep][:, 0].cpu() >= mask_threshold
-            canvas = draw_segmentation_masks(canvas, masks, alpha=0.45)
+            masks = F.interpolate(out["masks"][keep].float().cpu(), scale_factor=zoom, mode="nearest")[:, 0]
+            canvas = draw_segmentation_masks(canvas, masks >= mask_threshold, alpha=0.45)
             labels = [f"{dataset.category_names[int(l) - 1]} {float(s):.2f}"
                       for l, s in zip(out["labels"][keep], out["scores"][keep])]
-            canvas = draw_bounding_boxes(canvas, out["boxes"][keep].cpu(), labels=labels, width=1)
+            canvas = draw_bounding_boxes(canvas, out["boxes"][keep].cpu() * zoom, labels=labels, width=2)
         panels.append(canvas)
     model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = max(max(p.shape[1:]) for p in panels)
-    panels = [torch.nn.functional.pad(p, (0, size - p.shape[2], 0, size - p.shape[1])) for p in panels]
+    panels = [F.pad(p, (0, size - p.shape[2], 0, size - p.shape[1])) for p in panels]
     grid = make_grid(panels, nrow=min(4, len(panels)), padding=2)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path
