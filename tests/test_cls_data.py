@@ -175,7 +175,7 @@ def test_malformed_inat_json(tmp_path, content, expected):
 
 def test_missing_index_file_is_named(tmp_path):
     cfg = _cfg("inat2018_vit_base.yaml", tmp_path)
-    with pytest.raises(DatasetError, match=r"train2018\.json: annotation file not found"):
+    with pytest.raises(FileNotFoundError, match=r"train2018\.json: annotation file not found"):
         build_dataset(cfg.data, "train")
 
 

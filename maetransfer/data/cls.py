@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from .demo import SHAPES, render_scenes
-from .images import ImageReadError, read_rgb
+from .images import ImageReadError, read_annotation_json, read_rgb
 
 FORMATS = ("imagefolder", "inat", "places")
 
@@ -91,19 +91,7 @@ def _check_num_classes(found: int, expected: Optional[int], source: str) -> None
 def inat_dataset(json_path, image_root, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
     """iNaturalist 2017/2018/2019 annotation file (one category per image)."""
     json_path = Path(json_path)
-    if not json_path.is_file():
-        raise DatasetError(f"{json_path}: annotation file not found")
-    try:
-        with open(json_path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{json_path}: not valid JSON ({_one_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{json_path}: expected a JSON object with images/annotations/categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DatasetError(f"{json_path}: missing list '{key}' (an iNaturalist/COCO-style file has images, "
-                               "annotations and categories)")
+    data = read_annotation_json(json_path, error=DatasetError)
     try:
         cat_ids = sorted({int(c["id"]) for c in data["categories"]})
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.ops import masks_to_boxes
 
 from .demo import SHAPES, render_scenes
+from .images import read_annotation_json
 
 
 class CocoFormatError(ValueError):
@@ -32,18 +33,7 @@ def load_coco_json(path) -> COCO:
     """Read a COCO instances json into a pycocotools `COCO` object with one-line errors for bad files (pycocotools
     itself would print and then fail with an assertion or a KeyError deep inside)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CocoFormatError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CocoFormatError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
-    if missing:
-        raise CocoFormatError(f"{path}: not a COCO instances file (missing or not a list: {', '.join(missing)})")
+    data = read_annotation_json(path, error=CocoFormatError)
     for kind, keys in (("images", ("id", "file_name", "height", "width")),
                        ("annotations", ("id", "image_id", "category_id", "bbox")), ("categories", ("id", "name"))):
         for i, entry in enumerate(data[kind]):

@@ -1,7 +1,8 @@
-"""Reading image files with errors that name the file."""
+"""Reading image and annotation files with errors that name the file."""
+import json
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Type
 
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -67,3 +68,24 @@ class UnlabeledImages(Dataset):
         else:
             raise ImageReadError(f"{self.files[0].parent}: no readable image at all")
         return self.transform(image) if self.transform else image
+
+
+def read_annotation_json(path, lists: Sequence[str] = ("images", "annotations", "categories"),
+                         error: Type[Exception] = ValueError) -> dict:
+    """A COCO-style annotation file (COCO instances, iNaturalist): a JSON object whose `lists` keys are lists.
+    Problems raise `error` (FileNotFoundError when absent) with one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object with {', '.join(lists)}")
+    missing = [k for k in lists if not isinstance(data.get(k), list)]
+    if missing:
+        raise error(f"{path}: missing list '{missing[0]}' (a COCO-style annotation file has "
+                    f"{', '.join(lists)})")
+    return data
