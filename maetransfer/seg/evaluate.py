@@ -32,10 +32,17 @@ def colorize(label: np.ndarray, colours: np.ndarray, ignore_index: int = 255) ->
 
 def save_visualization(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
                        class_names: Sequence[str], ignore_index: int = 255) -> None:
-    """image | ground truth | prediction side by side, with a legend of the classes present (black = ignored)."""
+    """image | ground truth | prediction side by side, with a legend of the classes present (black = ignored; the
+    prediction is dimmed where the ground truth is ignored, since those pixels are not scored). Small images are
+    enlarged (nearest neighbour) to at least 256 px."""
     colours = palette(len(class_names))
-    h, w = label.shape
-    panels = np.concatenate([image, colorize(label, colours, ignore_index), colorize(pred, colours, ignore_index)], 1)
+    predicted = colorize(pred, colours, ignore_index)
+    unscored = label == ignore_index
+    predicted[unscored] = (predicted[unscored] * 0.35).astype(np.uint8)
+    panels = np.concatenate([image, colorize(label, colours, ignore_index), predicted], 1)
+    zoom = max(1, 256 // max(label.shape))
+    panels = panels.repeat(zoom, 0).repeat(zoom, 1)
+    h, w = label.shape[0] * zoom, label.shape[1] * zoom
     present = sorted((set(np.unique(label).tolist()) | set(np.unique(pred).tolist())) - {ignore_index})
     line = 14
     canvas = Image.new("RGB", (panels.shape[1], h + line * (2 + len(present))), (255, 255, 255))
