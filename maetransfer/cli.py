@@ -19,6 +19,8 @@ def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = Non
     if checkpoint_help:
         parser.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on the val split")
         parser.add_argument("--checkpoint", help=checkpoint_help)
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="fully unpickle checkpoints that weights_only loading refuses (only files you trust)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. train.lr=1e-4")
     return parser
 
@@ -32,6 +34,7 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
         parser.error("--checkpoint is for --eval-only; to start training from weights use train.init_checkpoint=")
     extra = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
     extra += [f"train.resume={args.resume}"] if args.resume else []
+    extra += ["train.unsafe_load=true"] if args.unsafe_load else []
     try:
         return args, load_config(args.config, [*args.overrides, *extra])
     except ConfigError as exc:

@@ -40,7 +40,8 @@ def _run(data, out, *extra):
 
 def test_finetune_then_eval_only_reproduces_the_metrics(data, tmp_path):
     out = tmp_path / "ft"
-    metrics = _run(data, out, f"train.init_checkpoint={data / 'encoder.pth'}")
+    metrics = _run(data, out, f"train.init_checkpoint={data / 'encoder.pth'}", "aug.mixup=0.8", "aug.cutmix=1.0",
+                   "aug.reprob=0.25")  # the full official train recipe
     written = json.loads((out / "metrics.json").read_text())
     assert written["num_images"] == 8 and set(written) >= {"top1", "top5", "mean_class_acc", "loss"}
     assert written["top1"] == pytest.approx(metrics["top1"])
@@ -102,3 +103,18 @@ def test_eval_only_names_a_head_of_another_mode(data, tmp_path, capsys):
         _run(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(out / "checkpoint.pth"), "model.mode=linear",
              "model.global_pool=token")
     assert "evaluate with model.mode=finetune" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_arbitrary_objects_needs_the_explicit_unsafe_flag(data, tmp_path, capsys):
+    """Official training files hold `args`; a file with any other pickled object (here a pathlib.Path) is refused by
+    weights_only loading with one line, and read only after --unsafe-load."""
+    ckpt = torch.load(data / "encoder.pth", weights_only=True)
+    torch.save({**ckpt, "extra": Path("anything")}, tmp_path / "odd.pth")
+    init = f"train.init_checkpoint={tmp_path / 'odd.pth'}"
+    with pytest.raises(SystemExit) as exit_info:
+        _run(data, tmp_path / "refused", init, "train.max_iters=1")
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1
+    assert "odd.pth" in err and "--unsafe-load" in err and not (tmp_path / "refused" / "checkpoint.pth").exists()
+    _run(data, tmp_path / "allowed", init, "train.max_iters=1", "--unsafe-load")
+    assert (tmp_path / "allowed" / "checkpoint.pth").is_file()

@@ -48,16 +48,16 @@ class ClassificationLoss:
         return self.criterion(logits, targets), {}
 
 
-def load_pretrained(model: nn.Module, path: str) -> None:
+def load_pretrained(model: nn.Module, path: str, unsafe: bool = False) -> None:
     """Encoder weights from any format the checkpoint reader knows, pos_embed resized to the model's grid. A decoder
     or a classification head in the file is left out: the head is always new at transfer."""
-    load_into(model, load_encoder_state(path), source=path)
+    load_into(model, load_encoder_state(path, unsafe), source=path)
 
 
-def load_classifier(model: nn.Module, path: str) -> None:
+def load_classifier(model: nn.Module, path: str, unsafe: bool = False) -> None:
     """A complete classifier for evaluation: this tool's checkpoint.pth, a released mae_finetuned_vit_*.pth, or an
     official main_finetune / main_linprobe checkpoint. Every tensor of the model must come from the file."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, unsafe)
     state = {**ckpt.encoder, **ckpt.head}
     target = model.state_dict()
     missing = [k for k in target if k not in state]
@@ -87,7 +87,8 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     device = resolve_device(cfg.train.device)
     dist.init_distributed(device.type)  # before anything is written, so that only rank 0 writes
     if cfg.data.demo and dist.is_main_process():
-        ensure_demo_data(cfg.data.root, size=int(cfg.data.input_size))
+        ensure_demo_data(cfg.data.root, n_train=int(cfg.data.demo_train), n_val=int(cfg.data.demo_val),
+                         size=int(cfg.data.input_size))
     dist.barrier()
     val_set = build_dataset(cfg.data, "val", build_transform(cfg, is_train=False))
     train_set = None if eval_only else build_dataset(cfg.data, "train", build_transform(cfg, is_train=True))
@@ -112,7 +113,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     if eval_only:
         if not checkpoint:
             raise ValueError("--eval-only needs --checkpoint (a fine-tuned classifier file)")
-        load_classifier(model, checkpoint)
+        load_classifier(model, checkpoint, bool(cfg.train.unsafe_load))
         model.to(device)
         if dist.is_main_process():
             save_config(cfg, output_dir / "config.yaml")
@@ -121,7 +122,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
     init = resolve_init_checkpoint(cfg.train.init_checkpoint)
     if init:
-        load_pretrained(model, init)
+        load_pretrained(model, init, bool(cfg.train.unsafe_load))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
                           num_layers=model.depth + 1)
     loss_fn = ClassificationLoss(cfg.aug, num_classes, int(cfg.train.batch_size))

@@ -253,22 +253,23 @@ def build_transform(cfg, is_train: bool):
 
 
 # -- demo data -----------------------------------------------------------------------------------------------------
-def write_demo_data(root, n_train: int = 600, n_val: int = 200, size: int = 64, seed: int = 0) -> Path:
+def write_demo_data(root, n_train: int = 2000, n_val: int = 400, size: int = 64, seed: int = 0) -> Path:
     """Synthetic classification set in the iNaturalist format: `train.json` / `val.json` + PNGs under images/.
 
-    Each image is a demo scene labelled with the category of its largest visible shape. Written to a temporary
-    folder and renamed, so an interrupted run never leaves a half-written set.
+    Each image is one demo shape on a textured background, labelled with its kind (6 classes). Object-centric like
+    iNaturalist photos: a large shape (radius 25-45 % of the image) so that it covers many patches. Written to a
+    temporary folder and renamed, so an interrupted run never leaves a half-written set.
     """
     root = Path(root)
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    scenes = (s for s in render_scenes(10 * (n_train + n_val), size=size, seed=seed) if s[1])
+    scenes = render_scenes(n_train + n_val, size=size, seed=seed, max_shapes=1, radius=(0.25, 0.45))
     categories = [{"id": i, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
     next_id = 0
     for split, count in (("train", n_train), ("val", n_val)):
         images, annotations = [], []
         for _ in range(count):
             image, instances = next(scenes)
-            label = max(instances, key=lambda inst: int(inst.mask.sum())).category
+            label = instances[0].category  # one shape, never below min_area at this radius
             file_name = f"images/{split}/{SHAPES[label]}/{next_id:05d}.png"
             (tmp / file_name).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(tmp / file_name)

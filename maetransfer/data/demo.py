@@ -2,7 +2,8 @@
 
 A scene is a textured background with a few filled shapes (one category per shape kind, random colour, size,
 position, partial occlusion). The same renderer gives pretraining images, COCO instance masks, ADE20K-style label
-maps and classification images (the largest shape's kind), so one demo-pretrained encoder transfers to all three.
+maps and classification images (one large shape, labelled with its kind), so one demo-pretrained encoder transfers to
+all three.
 Each task's data module writes the scenes in that task's real on-disk format.
 """
 from dataclasses import dataclass
@@ -53,13 +54,13 @@ def _shape_mask(kind: str, size: int, cy: float, cx: float, r: float, rng: np.ra
 
 
 def render_scene(rng: np.random.Generator, size: int = 64, max_shapes: int = 3,
-                 min_area: int = 12) -> Tuple[np.ndarray, List[Instance]]:
+                 min_area: int = 12, radius: Tuple[float, float] = (0.12, 0.3)) -> Tuple[np.ndarray, List[Instance]]:
     """One scene: uint8 image (size, size, 3) and its visible instances (drawn back to front)."""
     image = _background(rng, size)
     masks, cats = [], []
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         cat = int(rng.integers(len(SHAPES)))
-        r = rng.uniform(0.12, 0.3) * size
+        r = rng.uniform(*radius) * size
         cy, cx = rng.uniform(r * 0.6, size - r * 0.6, size=2)
         mask = _shape_mask(SHAPES[cat], size, cy, cx, r, rng)
         colour = rng.uniform(0, 255, size=3)

@@ -2,11 +2,10 @@
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from ..checkpoint import CheckpointError, load_encoder_state, load_into
+from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_raw
 from ..config import save_config
 from ..data.coco import CocoDetection, LargeScaleJitter, collate_detection, write_demo_coco
 from ..engine import Trainer, dist, resolve_device
@@ -34,22 +33,16 @@ def build_datasets(cfg: DictConfig, eval_only: bool = False):
     return train_set, val_set
 
 
-def load_pretrained(model: nn.Module, path: str) -> None:
+def load_pretrained(model: nn.Module, path: str, unsafe: bool = False) -> None:
     """MAE encoder weights (any format the checkpoint reader knows) into the detector's ViT `backbone.net`: pos_embed
     is resized to the 1024 grid and a patch-14 kernel resampled to the model's patch (ViTDet runs ViT-H at 16); the
     encoder's cls token and final norm are unused by this backbone and reported as such."""
-    load_into(model.backbone.net, load_encoder_state(path), source=path)
+    load_into(model.backbone.net, load_encoder_state(path, unsafe), source=path)
 
 
-def load_detector(model: nn.Module, path: str) -> None:
+def load_detector(model: nn.Module, path: str, unsafe: bool = False) -> None:
     """A trained detector: this tool's checkpoint.pth (or a file holding its 'model' state dict)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read this checkpoint ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]})") from None
+    ckpt, _ = read_raw(path, unsafe)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.startswith("roi_heads.") for k in state):
         raise CheckpointError(f"{path}: not a Mask R-CNN checkpoint of this project (no roi_heads.* weights); an MAE "
@@ -94,7 +87,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
                 if v is not None and not k.startswith("AP-")}
 
     if eval_only:
-        load_detector(model, checkpoint)
+        load_detector(model, checkpoint, bool(cfg.train.unsafe_load))
         model.to(device)
         if dist.is_main_process():
             save_config(cfg, output_dir / "config.yaml")
@@ -103,7 +96,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
 
     if cfg.train.init_checkpoint:
         from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
-        load_pretrained(model, resolve_init_checkpoint(cfg.train.init_checkpoint))
+        load_pretrained(model, resolve_init_checkpoint(cfg.train.init_checkpoint), bool(cfg.train.unsafe_load))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
                           num_layers=model.backbone.net.depth + 1)
     trainer = Trainer(cfg, model, groups, train_set, detection_loss, str(output_dir),

@@ -34,10 +34,10 @@ def class_names(cfg: DictConfig) -> List[str]:
     return names
 
 
-def load_segmentor(model: EncoderDecoder, path: str) -> None:
+def load_segmentor(model: EncoderDecoder, path: str, unsafe: bool = False) -> None:
     """A trained segmentor for evaluation: this tool's checkpoint.pth or an mmseg UperNet-MAE checkpoint
     (`backbone.layers.*`, `neck.*`, `decode_head.*`); the auxiliary head is not needed and its weights are optional."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, unsafe)
     load_into(model.backbone, ckpt.encoder, source=path)
     rest = {**{f"neck.{k}": v for k, v in ckpt.neck.items()}, **ckpt.other}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith(("backbone.", "auxiliary_head."))}
@@ -87,7 +87,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     if eval_only:
         if not checkpoint:
             raise ValueError("--eval-only needs --checkpoint (a trained segmentor: checkpoint.pth or an mmseg file)")
-        load_segmentor(model, checkpoint)
+        load_segmentor(model, checkpoint, bool(cfg.train.unsafe_load))
         model.to(device)
         if dist.is_main_process():
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
     init = resolve_init_checkpoint(cfg.train.init_checkpoint)
     if init:
-        load_into(model.backbone, load_encoder_state(init), source=init)
+        load_into(model.backbone, load_encoder_state(init, bool(cfg.train.unsafe_load)), source=init)
     if cfg.model.norm == "SyncBN" and dist.get_world_size() > 1:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
