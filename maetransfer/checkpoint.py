@@ -691,6 +691,7 @@ _NEW_IN_MODEL = [
     (r"^(fc_norm|head)\.", "classification head (freshly initialised)"),
     (r"^cls_token$", "cls_token (the source had no class token; freshly initialised)"),
     (r"^norm\.", "final norm (not in the source: fine-tuned and detectron2 files drop it; freshly initialised)"),
+    (r"^(decoder_|mask_token$|encoder_mask_token$)", "MAE decoder (the source has none; random init)"),
 ]
 _UNUSED_BY_MODEL = [
     (r"^cls_token$", "cls_token (this model has no class token, as a windowed detection backbone)"),

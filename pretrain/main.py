@@ -5,6 +5,7 @@ import torch
 from omegaconf import DictConfig
 from torchvision import transforms
 
+from maetransfer.checkpoint import load_into, read_checkpoint
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
 from maetransfer.engine import Trainer, atomic_save, seed_everything
 from maetransfer.optim import param_groups
@@ -24,6 +25,17 @@ def build_model(model_cfg: DictConfig) -> MaskedAutoencoderViT:
                      mask_tokens_in_encoder=model_cfg.mask_tokens_in_encoder,
                      drop_path_rate=model_cfg.drop_path_rate, grad_checkpointing=model_cfg.grad_checkpointing,
                      **overrides)
+
+
+def load_init(model: MaskedAutoencoderViT, path: str, unsafe: bool = False) -> None:
+    """Continue pretraining from a checkpoint: its encoder (any format the reader knows; pos_embed and patch kernel
+    adapted) and its decoder when it has one (released `_full` / `mae_visualize_*`, HF ViTMAEForPreTraining, our
+    pretraining checkpoints); an encoder-only file leaves the decoder at its random init. A decoder of another width
+    or depth is an error."""
+    ckpt = read_checkpoint(path, unsafe)
+    # decoder_pos_embed is the fixed sin-cos table of this model's grid: recomputed, never loaded
+    decoder = {k: v for k, v in ckpt.decoder.items() if k != "decoder_pos_embed"}
+    load_into(model, {**ckpt.encoder, **decoder}, source=path)
 
 
 def train_transform(cfg: DictConfig):
@@ -48,6 +60,8 @@ def run(cfg: DictConfig, output_dir=None) -> Path:
     dataset = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
     seed_everything(int(cfg.train.seed))  # the same seed gives the same initial weights
     model = build_model(cfg.model)
+    if cfg.train.init_checkpoint:  # a resumed run's own checkpoint replaces these weights in trainer.fit()
+        load_init(model, cfg.train.init_checkpoint, bool(cfg.train.unsafe_load))
     groups = param_groups(model, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
     mask_ratio = float(cfg.model.mask_ratio)
     preview = UnlabeledImages(cfg.data.root, eval_transform(cfg.model.img_size))

@@ -169,3 +169,30 @@ def test_visualize_tool_on_an_official_full_layout_file(tmp_path):
     is_red = (pasted == torch.tensor([200, 30, 30])).all(-1)  # (patch row, y, patch col, x)
     red_patches = is_red.permute(0, 2, 1, 3).reshape(16, 64).all(-1).sum()
     assert int(red_patches) == 4
+
+
+def test_pretraining_continues_from_a_hugging_face_vitmae_folder(tmp_path, capsys):
+    """train.init_checkpoint for pretraining: encoder and decoder come from the file (here written by transformers'
+    own save_pretrained), the fixed sin-cos tables stay this model's; an encoder-only file keeps a fresh decoder."""
+    transformers = pytest.importorskip("transformers")
+    from maetransfer.checkpoint import CheckpointError, parse_state, save_hf
+    from pretrain.main import load_init
+
+    source = tiny_mae()
+    save_hf(parse_state({"model": source.state_dict()}), tmp_path / "conv", num_heads=4, decoder_num_heads=4)
+    transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "conv").save_pretrained(tmp_path / "hf")
+    torch.manual_seed(1)
+    model = tiny_mae()
+    load_init(model, str(tmp_path / "hf"))
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+    torch.save({"model": source.encoder_state_dict()}, tmp_path / "encoder.pth")
+    fresh = tiny_mae()
+    before = fresh.decoder_embed.weight.clone()
+    load_init(fresh, str(tmp_path / "encoder.pth"))
+    assert torch.equal(fresh.decoder_embed.weight, before) and torch.equal(fresh.blocks[0].mlp.fc1.weight,
+                                                                            source.blocks[0].mlp.fc1.weight)
+    assert "MAE decoder (the source has none; random init)" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match=r"hf: \S+ has shape .* but the model expects"):
+        load_init(tiny_mae(decoder_embed_dim=48), str(tmp_path / "hf"))

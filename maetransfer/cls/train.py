@@ -9,9 +9,9 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
-from ..config import ConfigError, save_config
+from ..config import ConfigError
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
-from ..engine import Trainer, dist, resolve_device
+from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
 from ..optim import param_groups
 from .evaluate import evaluate_classifier, format_summary, write_results
 from .model import build_classifier
@@ -111,13 +111,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
         return summary
 
     if eval_only:
-        if not checkpoint:
-            raise ValueError("--eval-only needs --checkpoint (a fine-tuned classifier file)")
-        load_classifier(model, checkpoint, bool(cfg.train.unsafe_load))
-        model.to(device)
-        if dist.is_main_process():
-            save_config(cfg, output_dir / "config.yaml")
-        return evaluate(model)
+        return evaluate_checkpoint(model, load_classifier, checkpoint, cfg, device, evaluate)
 
     from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
     init = resolve_init_checkpoint(cfg.train.init_checkpoint)

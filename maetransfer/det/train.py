@@ -6,9 +6,8 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_raw
-from ..config import save_config
 from ..data.coco import CocoDetection, LargeScaleJitter, collate_detection, write_demo_coco
-from ..engine import Trainer, dist, resolve_device
+from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
@@ -87,11 +86,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
                 if v is not None and not k.startswith("AP-")}
 
     if eval_only:
-        load_detector(model, checkpoint, bool(cfg.train.unsafe_load))
-        model.to(device)
-        if dist.is_main_process():
-            save_config(cfg, output_dir / "config.yaml")
-        evaluate(model)
+        evaluate_checkpoint(model, load_detector, checkpoint, cfg, device, evaluate)
         return final
 
     if cfg.train.init_checkpoint:

@@ -1,2 +1,3 @@
 from . import dist
-from .trainer import CHECKPOINT_NAME, EpochSampler, Trainer, atomic_save, resolve_device, seed_everything
+from .trainer import (CHECKPOINT_NAME, EpochSampler, Trainer, atomic_save, evaluate_checkpoint, resolve_device,
+                      seed_everything)

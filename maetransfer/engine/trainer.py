@@ -104,6 +104,18 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool], None], checkpoint: Optional[str],
+                        cfg: DictConfig, device: torch.device, evaluate_fn: Callable[[nn.Module], Dict]) -> Dict:
+    """--eval-only of every task: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate."""
+    if not checkpoint:
+        raise ValueError("--eval-only needs --checkpoint")
+    load(model, checkpoint, bool(cfg.train.unsafe_load))
+    model.to(device)
+    if dist.is_main_process():
+        save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
+    return evaluate_fn(model)
+
+
 class MetricLogger:
     """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only."""
 

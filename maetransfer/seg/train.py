@@ -8,9 +8,8 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
-from ..config import save_config
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
-from ..engine import Trainer, dist, resolve_device
+from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
 from ..optim import param_groups
 from .evaluate import evaluate_segmentation
 from .metric import format_table
@@ -85,14 +84,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
         return metrics
 
     if eval_only:
-        if not checkpoint:
-            raise ValueError("--eval-only needs --checkpoint (a trained segmentor: checkpoint.pth or an mmseg file)")
-        load_segmentor(model, checkpoint, bool(cfg.train.unsafe_load))
-        model.to(device)
-        if dist.is_main_process():
-            output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, output_dir / "config.yaml")
-        return evaluate(model)
+        return evaluate_checkpoint(model, load_segmentor, checkpoint, cfg, device, evaluate)
 
     from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
     init = resolve_init_checkpoint(cfg.train.init_checkpoint)
