@@ -154,3 +154,55 @@ def test_ddp_pretraining_runs_with_two_processes(image_dir, tmp_path):
                     "--output-dir", str(tmp_path / "ddp")], cwd=ROOT, env=env, check=True, timeout=240)
     ckpt = torch.load(tmp_path / "ddp/checkpoint.pth", weights_only=True)
     assert ckpt["iter"] == 2  # 16 images / (2 processes x batch 4)
+
+
+class _RandomlyAugmented(torch.utils.data.Dataset):
+    """Each sample draws from torch, numpy and random, as real augmentation pipelines do."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        import random
+        noise = torch.randn(4) + float(np.random.uniform()) + random.random()
+        return torch.full((4,), float(index)) + noise
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_mid_epoch_resume_is_exact_with_data_loader_workers(tmp_path, num_workers):
+    from maetransfer.engine import Trainer
+
+    cfg = load_config(ROOT / "configs/train_defaults.yaml",
+                      ["train.max_iters=6", "train.batch_size=2", "train.checkpoint_period=3", "train.lr=0.1",
+                       f"train.num_workers={num_workers}", "train.log_period=1"])
+
+    def run(output_dir, stop_at=None, resume=""):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+        calls = []
+
+        def loss_fn(model, batch, device):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise _Interrupted  # a kill between the iteration-3 checkpoint and the next one
+            return (model(batch) ** 2).mean(), {}
+
+        cfg.train.resume = resume
+        trainer = Trainer(cfg, model, [{"params": list(model.parameters())}], _RandomlyAugmented(), loss_fn,
+                          str(output_dir))
+        try:
+            trainer.fit()
+        except _Interrupted:
+            pass
+        return model.state_dict(), trainer.iter
+
+    full, iters = run(tmp_path / "full")
+    _, stopped = run(tmp_path / "split", stop_at=5)
+    resumed, resumed_iters = run(tmp_path / "split", resume="auto")
+    assert (iters, stopped, resumed_iters) == (6, 4, 6)  # 8 batches per epoch: iteration 3 is mid-epoch
+    for key, value in full.items():
+        assert torch.equal(value, resumed[key]), key

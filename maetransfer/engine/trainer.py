@@ -68,11 +68,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker; numpy and random follow it so numpy/PIL-based transforms differ per worker.
-    seed = torch.initial_seed() % 2 ** 32
-    np.random.seed(seed)
-    random.seed(seed)
+class SeededSamples(Dataset):
+    """Draws sample `index` of epoch `epoch` with torch, numpy and random seeded from (seed, epoch, index): the
+    augmentation of a sample does not depend on which worker loads it or on what was loaded before, so a run resumed
+    mid-epoch sees exactly the batches it would have seen, with any num_workers. The caller's RNG state is restored
+    afterwards (with num_workers=0 loading runs in the training process, whose RNG drives dropout and masking)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + int(index)) % 2 ** 63
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                seed_everything(seed)
+                return self.dataset[index]
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def _rng_state() -> Dict:
@@ -164,7 +181,7 @@ class Trainer:
             save_config(cfg, self.output_dir / "config.yaml")
         self.loss_fn, self.evaluate_fn, self.on_checkpoint = loss_fn, evaluate_fn, on_checkpoint
         self.collate_fn = collate_fn
-        self.dataset = train_dataset
+        self.dataset = SeededSamples(train_dataset, int(t.seed))
 
         self.model_without_ddp = model.to(self.device)
         self.model = model
@@ -237,11 +254,12 @@ class Trainer:
     def _loader(self) -> DataLoader:
         t = self.train_cfg
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * int(t.batch_size))
-        g = torch.Generator().manual_seed(int(t.seed) * 100003 + self.epoch * 1009 + self.rank)
+        self.dataset.epoch = self.epoch  # workers are started per epoch (not persistent) and copy it
+        # An own generator: the loader's base seed would otherwise be drawn from the training process's RNG
         return DataLoader(self.dataset, batch_size=int(t.batch_size), sampler=self.sampler, drop_last=True,
-                          num_workers=int(t.num_workers), collate_fn=self.collate_fn, generator=g,
-                          worker_init_fn=_seed_worker, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+                          num_workers=int(t.num_workers), collate_fn=self.collate_fn,
+                          generator=torch.Generator().manual_seed(int(t.seed) + self.epoch),
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def _set_lr(self) -> float:
         lr = lr_at(self.train_cfg, self.iter, self.total_iters, self.iters_per_epoch, self.peak_lr)
