@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 from timm.layers import resample_patch_embed
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 
 from .models.pos_embed import interpolate_pos_embed
-from .models.vit import VIT_SIZES, VisionTransformer
+from .models.vit import VIT_SIZES, VisionTransformer, resize_decomposed_table
 
 WRITE_FORMATS = ("mae", "hf", "timm", "detectron2", "mmseg")
 
@@ -737,6 +738,32 @@ def _adapt_pos_embed(pos: torch.Tensor, vit: VisionTransformer, notes: List[str]
     return pos
 
 
+def _adapt_rel_pos_tables(state: StateDict, vit: VisionTransformer, target: StateDict, notes: List[str],
+                          source: str) -> None:
+    """Relative-position tables trained for another input or window size, resized to the model's: decomposed tables
+    linearly (ViTDet's get_rel_pos), BEiT bias tables with timm's resize_rel_pos_bias_table (the BEiT/mmseg
+    geometric-progression resampling used when their checkpoints are loaded; cls rows kept)."""
+    resized = []
+    for key in [k for k in state if k in target and state[k].shape != target[k].shape]:
+        if state[key].shape[1:] != target[key].shape[1:]:
+            continue  # another head count or head dim: reported as a shape mismatch
+        if key.endswith((".attn.rel_pos_h", ".attn.rel_pos_w")):
+            state[key] = resize_decomposed_table(state[key], target[key].shape[0])
+        elif key.endswith(".attn.relative_position_bias_table"):
+            window = tuple(vit.get_submodule(key.rsplit(".", 1)[0]).input_size)
+            try:  # the source grid is taken as square, as in BEiT/mmseg/timm
+                state[key] = resize_rel_pos_bias_table(state[key], window, tuple(target[key].shape))
+            except (ValueError, AssertionError) as exc:
+                raise CheckpointError(f"checkpoint {source}: cannot resize {key} {tuple(state[key].shape)} to "
+                                      f"{tuple(target[key].shape)} ({exc})") from None
+        else:
+            continue
+        resized.append(key)
+    if resized:
+        notes.append(f"resized {len(resized)} relative-position tables to this model's input/window size "
+                     f"(e.g. {resized[0]} to {tuple(target[resized[0]].shape)})")
+
+
 def load_into(model: nn.Module, state: Union[StateDict, LoadedCheckpoint], strict_report: bool = True,
               source: Optional[str] = None, verbose: bool = True) -> LoadReport:
     """Load an official-naming encoder (+ head) into our ViT (or the one VisionTransformer inside `model`).
@@ -761,6 +788,7 @@ def load_into(model: nn.Module, state: Union[StateDict, LoadedCheckpoint], stric
     state, notes = dict(state), []
     if "pos_embed" in state:
         state["pos_embed"] = _adapt_pos_embed(state["pos_embed"], vit, notes, source)
+    _adapt_rel_pos_tables(state, vit, target, notes, source)
     kernel = tuple(target["patch_embed.proj.weight"].shape[-2:])
     if tuple(state["patch_embed.proj.weight"].shape[-2:]) != kernel:
         old = state["patch_embed.proj.weight"].shape[-1]

@@ -471,3 +471,35 @@ def test_summary_explains_a_detection_backbone(official, capsys):
     assert "cls_token (this model has no class token" in out
     assert "resized pos_embed 4x4 -> 8x8" in out
     assert "ignored the MAE decoder (32 tensors)" in out
+
+
+def test_relative_position_tables_of_another_size_are_resized_on_load(capsys):
+    """A ViTDet backbone trained at another size (decomposed tables, linear like detectron2's get_rel_pos) and an
+    mmseg-style backbone (BEiT bias table with cls rows, resized as timm/BEiT do) load into models of other sizes."""
+    from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
+
+    det_src = _ours(img_size=64, class_token=False, rel_pos="decomposed")  # 8x8 grid: tables of 15 rows
+    with torch.no_grad():
+        for block in det_src.blocks:
+            block.attn.rel_pos_h.copy_(torch.randn_like(block.attn.rel_pos_h))
+            block.attn.rel_pos_w.fill_(0.5)
+    det = _ours(img_size=32, class_token=False, rel_pos="decomposed")  # 4x4 grid: 7 rows
+    load_into(det, det_src.state_dict())
+    table = det_src.blocks[0].attn.rel_pos_h
+    expected = torch.nn.functional.interpolate(table.t()[None], size=7, mode="linear")[0].t()
+    torch.testing.assert_close(det.blocks[0].attn.rel_pos_h, expected)
+    assert torch.equal(det.blocks[1].attn.rel_pos_w, torch.full((7, D // HEADS), 0.5))  # a constant stays constant
+
+    seg_src = _ours(img_size=32, rel_pos="bias")  # 4x4 grid: 7*7 + 3 rows
+    with torch.no_grad():
+        for block in seg_src.blocks:
+            block.attn.relative_position_bias_table.copy_(torch.randn_like(block.attn.relative_position_bias_table))
+    seg = _ours(img_size=64, rel_pos="bias")  # 8x8: 15*15 + 3 rows
+    load_into(seg, seg_src.state_dict())
+    src_table = seg_src.blocks[0].attn.relative_position_bias_table
+    new_table = seg.blocks[0].attn.relative_position_bias_table
+    assert new_table.shape == (15 * 15 + 3, HEADS) and torch.equal(new_table[-3:], src_table[-3:])
+    torch.testing.assert_close(new_table, resize_rel_pos_bias_table(src_table, (8, 8), (15 * 15 + 3, HEADS)))
+    # the zero offset keeps its value: the centre of the 7x7 source grid lands on the centre of the 15x15 one
+    torch.testing.assert_close(new_table[7 * 15 + 7], src_table[3 * 7 + 3])
+    assert "resized 4 relative-position tables" in capsys.readouterr().out

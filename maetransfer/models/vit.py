@@ -21,12 +21,30 @@ from .pos_embed import interpolate_pos_embed, sincos_2d
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
+def resize_decomposed_table(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """A (2S-1, C) decomposed relative-position table resized linearly to `length` rows (ViTDet / SAM)."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    return F.interpolate(rel_pos.t()[None].float(), size=length, mode="linear")[0].t().to(rel_pos.dtype)
+
+
+def resize_beit_table(table: torch.Tensor, src: Tuple[int, int], dst: Tuple[int, int], extra: int) -> torch.Tensor:
+    """A BEiT bias table ((2h-1)(2w-1) [+ `extra` cls rows], heads) for grid `src` resized bicubically to `dst`;
+    the cls rows are kept."""
+    if tuple(src) == tuple(dst):
+        return table
+    spatial = table[: table.shape[0] - extra]
+    src_len, dst_len = (2 * src[0] - 1, 2 * src[1] - 1), (2 * dst[0] - 1, 2 * dst[1] - 1)
+    spatial = F.interpolate(spatial.t().reshape(1, -1, *src_len).float(), size=dst_len, mode="bicubic",
+                            align_corners=False).reshape(-1, dst_len[0] * dst_len[1]).t().to(table.dtype)
+    return torch.cat([spatial, table[table.shape[0] - extra:]], dim=0)
+
+
 def _decomposed_rel_pos_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
     """Relative-position embeddings (q_size, k_size, C) for one axis, resized linearly if the table is for another
     size (ViTDet / SAM `get_rel_pos`)."""
     max_dist = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != max_dist:
-        rel_pos = F.interpolate(rel_pos.t()[None].float(), size=max_dist, mode="linear")[0].t().to(rel_pos.dtype)
+    rel_pos = resize_decomposed_table(rel_pos, max_dist)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
@@ -86,15 +104,8 @@ class Attention(nn.Module):
 
     def _beit_bias(self, grid: Tuple[int, int]) -> torch.Tensor:
         table, index = self.relative_position_bias_table, self.relative_position_index
-        if tuple(grid) != tuple(self.input_size):
-            # Another input size (whole-image inference): resize the spatial part of the table bicubically.
-            extra = 3 if self.with_cls else 0
-            spatial = table[: table.shape[0] - extra]
-            src = (2 * self.input_size[0] - 1, 2 * self.input_size[1] - 1)
-            dst = (2 * grid[0] - 1, 2 * grid[1] - 1)
-            spatial = F.interpolate(spatial.t().reshape(1, -1, *src), size=dst, mode="bicubic",
-                                    align_corners=False).reshape(-1, dst[0] * dst[1]).t()
-            table = torch.cat([spatial, table[table.shape[0] - extra:]], dim=0)
+        if tuple(grid) != tuple(self.input_size):  # another input size (whole-image inference)
+            table = resize_beit_table(table, self.input_size, grid, 3 if self.with_cls else 0)
             index = beit_relative_position_index(grid, self.with_cls).to(table.device)
         n = index.shape[0]
         return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
