@@ -1,6 +1,7 @@
 """What every tool's command line shares: a config with dotted overrides, output dir, resume, evaluation of a
 checkpoint, and one-line errors for bad input."""
 import argparse
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Type
 
 from .checkpoint import CheckpointError
@@ -48,4 +49,14 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
         return fn()
     except (*INPUT_ERRORS, *errors) as exc:
         parser.exit(1, f"error: {exc}\n")
+
+
+def run_transfer_tool(doc: str, demo_config: str, checkpoint_help: str, run: Callable, output_root: str,
+                      errors: Tuple[Type[BaseException], ...] = (), argv: Optional[Sequence[str]] = None):
+    """The main() of train_det / train_seg / train_cls: parse, default the output dir to <output_root>/<config
+    name>, then `run(cfg, eval_only=..., checkpoint=...)`; returns (resolved config, what run returned)."""
+    parser = tool_parser(doc, demo_config, checkpoint_help)
+    args, cfg = parse_config(parser, argv)
+    cfg.train.output_dir = cfg.train.output_dir or f"{output_root}/{Path(args.config).stem}"
+    return cfg, run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint), errors)
 

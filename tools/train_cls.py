@@ -15,18 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from maetransfer.cli import parse_config, run_tool, tool_parser  # noqa: E402
+from maetransfer.cli import run_transfer_tool  # noqa: E402
 from maetransfer.cls.train import run  # noqa: E402
 from maetransfer.data.cls import DatasetError  # noqa: E402
 
-DEMO_CONFIG = "configs/cls/demo.yaml"
-
 
 def main(argv=None) -> dict:
-    parser = tool_parser(__doc__, DEMO_CONFIG, checkpoint_help="classifier to evaluate (checkpoint.pth, mae_finetuned_vit_*.pth, ...)")
-    args, cfg = parse_config(parser, argv)
-    cfg.train.output_dir = cfg.train.output_dir or f"output/cls/{Path(args.config).stem}"
-    return run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint), (DatasetError,))
+    return run_transfer_tool(__doc__, "configs/cls/demo.yaml", "classifier to evaluate (checkpoint.pth, "
+                             "mae_finetuned_vit_*.pth, ...)", run, "output/cls", (DatasetError,), argv)[1]
 
 
 if __name__ == "__main__":

@@ -14,18 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from maetransfer.cli import parse_config, run_tool, tool_parser  # noqa: E402
+from maetransfer.cli import run_transfer_tool  # noqa: E402
 from maetransfer.data.coco import CocoFormatError  # noqa: E402
 from maetransfer.det.train import run  # noqa: E402
 
-DEMO_CONFIG = "configs/det/demo.yaml"
-
 
 def main(argv=None) -> dict:
-    parser = tool_parser(__doc__, DEMO_CONFIG, checkpoint_help="trained detector for --eval-only (this tool's checkpoint.pth)")
-    args, cfg = parse_config(parser, argv)
-    metrics = run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint),
-                       (CocoFormatError,))
+    cfg, metrics = run_transfer_tool(__doc__, "configs/det/demo.yaml", "trained detector for --eval-only (this "
+                                     "tool's checkpoint.pth)", run, "output/det", (CocoFormatError,), argv)
     if metrics:
         print("  ".join(f"{t} AP {m['AP']:.1f} AP50 {m['AP50']:.1f}" for t, m in metrics.items())
               + f"  -> {Path(cfg.train.output_dir) / 'metrics.json'}")

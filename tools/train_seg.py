@@ -14,17 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from maetransfer.cli import parse_config, run_tool, tool_parser  # noqa: E402
+from maetransfer.cli import run_transfer_tool  # noqa: E402
 from maetransfer.seg.train import run  # noqa: E402
-
-DEMO_CONFIG = "configs/seg/demo.yaml"
 
 
 def main(argv=None) -> dict:
-    parser = tool_parser(__doc__, DEMO_CONFIG, checkpoint_help="segmentor to evaluate (checkpoint.pth or an mmseg UperNet-MAE file)")
-    args, cfg = parse_config(parser, argv)
-    cfg.train.output_dir = cfg.train.output_dir or f"output/seg/{Path(args.config).stem}"
-    return run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint), (ValueError,))
+    return run_transfer_tool(__doc__, "configs/seg/demo.yaml", "segmentor to evaluate (checkpoint.pth or an mmseg "
+                             "UperNet-MAE file)", run, "output/seg", (ValueError,), argv)[1]
 
 
 if __name__ == "__main__":
