@@ -118,3 +118,12 @@ def test_a_checkpoint_with_arbitrary_objects_needs_the_explicit_unsafe_flag(data
     assert "odd.pth" in err and "--unsafe-load" in err and not (tmp_path / "refused" / "checkpoint.pth").exists()
     _run(data, tmp_path / "allowed", init, "train.max_iters=1", "--unsafe-load")
     assert (tmp_path / "allowed" / "checkpoint.pth").is_file()
+
+
+def test_ema_weights_are_reported_and_reproduced_by_eval_only(data, tmp_path):
+    out = tmp_path / "ema"
+    metrics = _run(data, out, "train.ema_decay=0.5", "train.max_iters=2")
+    plain = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert set(plain) >= {"model", "model_ema"} and (out / "model_ema.pth").is_file()
+    again = _run(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(out / "model_ema.pth"))
+    assert again["loss"] == pytest.approx(metrics["loss"]) and again["top1"] == pytest.approx(metrics["top1"])

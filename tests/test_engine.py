@@ -206,3 +206,40 @@ def test_mid_epoch_resume_is_exact_with_data_loader_workers(tmp_path, num_worker
     assert (iters, stopped, resumed_iters) == (6, 4, 6)  # 8 batches per epoch: iteration 3 is mid-epoch
     for key, value in full.items():
         assert torch.equal(value, resumed[key]), key
+
+
+def test_ema_of_the_weights_is_evaluated_saved_and_resumed(tmp_path):
+    """train.ema_decay=d: after one step the EMA is d * w0 + (1 - d) * w1 (hand formula), it is what evaluate_fn
+    sees, it is written as model_ema.pth, and a resumed run continues it exactly."""
+    from maetransfer.engine import Trainer
+
+    decay = 0.9
+    cfg = load_config(ROOT / "configs/train_defaults.yaml",
+                      ["train.batch_size=4", "train.lr=0.1", "train.schedule=constant", "train.num_workers=0",
+                       f"train.ema_decay={decay}",
+                       "train.max_iters=1", "train.checkpoint_period=1"])
+
+    def run(output_dir, max_iters, resume=""):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        seen = []
+        cfg.train.max_iters, cfg.train.resume = max_iters, resume
+        trainer = Trainer(cfg, model, [{"params": list(model.parameters())}], _RandomlyAugmented(),
+                          lambda m, batch, device: (((m(batch) - 1) ** 2).mean(), {}), str(output_dir),
+                          evaluate_fn=lambda m: seen.append({k: v.clone() for k, v in m.state_dict().items()}) or {})
+        trainer.fit()
+        return initial, model.state_dict(), seen[-1]
+
+    initial, trained, evaluated = run(tmp_path / "one", 1)
+    for key in initial:
+        expected = decay * initial[key] + (1 - decay) * trained[key]
+        torch.testing.assert_close(evaluated[key], expected)
+        torch.testing.assert_close(torch.load(tmp_path / "one/model_ema.pth", weights_only=True)["model"][key],
+                                   expected)
+
+    _, _, full = run(tmp_path / "full", 3)
+    run(tmp_path / "split", 2)
+    _, _, resumed = run(tmp_path / "split", 3, resume="auto")
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from ..optim import base_lr, build_optimizer, lr_at
 from . import dist
 
 CHECKPOINT_NAME = "checkpoint.pth"
+EMA_NAME = "model_ema.pth"
 
 
 class EpochSampler(Sampler):
@@ -193,6 +195,9 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        # Exponential moving average of the weights (timm), updated after every optimizer step and evaluated
+        # instead of the raw weights; off (0) in every published MAE recipe.
+        self.ema = ModelEmaV3(self.model_without_ddp, decay=float(t.ema_decay)) if t.ema_decay > 0 else None
 
         self.sampler = EpochSampler(len(train_dataset), True, int(t.seed), self.rank, self.world_size)
         self.batches_per_epoch = self.sampler.per_rank // int(t.batch_size)
@@ -216,7 +221,9 @@ class Trainer:
             atomic_save({"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
                          "batch_in_epoch": self.batch_in_epoch, "rng": _rng_state(),
-                         "config": to_dict(self.cfg)}, self.checkpoint_path())
+                         "config": to_dict(self.cfg),
+                         **({"model_ema": self.ema.module.state_dict()} if self.ema else {})},
+                        self.checkpoint_path())
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.model_without_ddp, self.output_dir)
         dist.barrier()
@@ -238,6 +245,10 @@ class Trainer:
             raise RuntimeError(f"{path}: checkpoint does not match this model ({first})") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if "model_ema" not in ckpt:
+                raise RuntimeError(f"{path}: has no EMA weights (the run was started with train.ema_decay=0)")
+            self.ema.module.load_state_dict(ckpt["model_ema"])
         self.epoch, self.iter, self.batch_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["batch_in_epoch"]
         self._resume_rng = ckpt["rng"]
         print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
@@ -277,9 +288,10 @@ class Trainer:
     def evaluate(self) -> Dict:
         if self.evaluate_fn is None:
             return {}
-        self.model_without_ddp.eval()
+        model = self.ema.module if self.ema is not None else self.model_without_ddp
+        model.eval()
         with torch.no_grad():
-            metrics = self.evaluate_fn(self.model_without_ddp)
+            metrics = self.evaluate_fn(model)
         self.model_without_ddp.train()
         self.logger.log(self.iter, {"epoch": self.epoch, **{f"eval/{k}": v for k, v in metrics.items()
                                                           if isinstance(v, (int, float))}})
@@ -311,6 +323,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model_without_ddp)
         return True
 
     def fit(self) -> Dict:
@@ -360,6 +374,8 @@ class Trainer:
                 if self._period_hit(int(t.eval_period), epoch_end=True) and self.iter < self.total_iters:
                     self.evaluate()
         self.save_checkpoint()
+        if self.ema is not None and dist.is_main_process():  # the evaluated weights, loadable by --eval-only
+            atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
         metrics = self.evaluate()
         if dist.is_main_process():
             print(f"training done: {self.iter} iterations in {time.time() - start_time:.0f} s; "
