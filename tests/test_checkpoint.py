@@ -502,4 +502,10 @@ def test_relative_position_tables_of_another_size_are_resized_on_load(capsys):
     torch.testing.assert_close(new_table, resize_rel_pos_bias_table(src_table, (8, 8), (15 * 15 + 3, HEADS)))
     # the zero offset keeps its value: the centre of the 7x7 source grid lands on the centre of the 15x15 one
     torch.testing.assert_close(new_table[7 * 15 + 7], src_table[3 * 7 + 3])
+    # a table that is constant per head stays constant (resampling, not extrapolation or re-indexing)
+    with torch.no_grad():
+        seg_src.blocks[1].attn.relative_position_bias_table.copy_(torch.arange(HEADS).float().expand(7 * 7 + 3, -1))
+    load_into(seg, seg_src.state_dict())
+    torch.testing.assert_close(seg.blocks[1].attn.relative_position_bias_table,
+                               torch.arange(HEADS).float().expand(15 * 15 + 3, -1))
     assert "resized 4 relative-position tables" in capsys.readouterr().out

@@ -162,7 +162,7 @@ class MetricLogger:
 
 
 class Trainer:
-    """Runs `loss_fn(model, batch, device) -> (loss, {name: scalar})` over `train_dataset` with the `train` config.
+    """Runs `loss_fn(model, batch, device) -> (loss, {name: float or detached scalar tensor})` over `train_dataset` with the `train` config.
 
     evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
     on_checkpoint(model, output_dir) runs on the main process after each checkpoint (e.g. export an encoder file).
@@ -298,7 +298,7 @@ class Trainer:
         self.metrics = metrics
         return metrics
 
-    def _train_step(self, batch, micro: int, accum: int, pending: Dict[str, float]) -> bool:
+    def _train_step(self, batch, micro: int, accum: int, pending: Dict) -> bool:
         """One micro-batch; returns True when it completed an optimizer update."""
         last_micro = (micro + 1) % accum == 0
         sync = nullcontext() if last_micro or self.world_size == 1 else self.model.no_sync()
@@ -314,7 +314,7 @@ class Trainer:
             self.scaler.scale(loss / accum).backward()
         pending["loss"] = pending.get("loss", 0.0) + value / accum
         for k, v in logs.items():
-            pending[k] = pending.get(k, 0.0) + float(v) / accum
+            pending[k] = pending.get(k, 0.0) + v / accum  # tensors stay on the device until a log step reads them
         if not last_micro:
             return False
         if self.train_cfg.clip_grad:
@@ -340,7 +340,7 @@ class Trainer:
             else:
                 seed_everything(int(t.seed) + 1000 * self.epoch + self.rank)
             self._resume_rng = None
-            pending: Dict[str, float] = {}
+            pending: Dict = {}
             bar = tqdm(self._loader(), total=self.batches_per_epoch, initial=self.batch_in_epoch,
                        desc=f"epoch {self.epoch}", disable=not dist.is_main_process(), dynamic_ncols=True)
             micro = 0
@@ -356,7 +356,8 @@ class Trainer:
                     continue
                 self.iter += 1
                 if self.iter % int(t.log_period) == 0 or self.iter == self.total_iters:
-                    self.logger.log(self.iter, {"epoch": self.epoch, "lr": lr, **pending})
+                    self.logger.log(self.iter, {"epoch": self.epoch, "lr": lr,
+                                                **{k: float(v) for k, v in pending.items()}})
                 bar.set_postfix(loss=f"{pending['loss']:.4f}", lr=f"{lr:.2e}")
                 pending = {}
                 if self._period_hit(int(t.checkpoint_period), epoch_end=False):
