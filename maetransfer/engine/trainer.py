@@ -162,7 +162,8 @@ class MetricLogger:
 
 
 class Trainer:
-    """Runs `loss_fn(model, batch, device) -> (loss, {name: float or detached scalar tensor})` over `train_dataset` with the `train` config.
+    """Runs `loss_fn(model, batch, device) -> (loss, {name: float or detached scalar tensor})` over `train_dataset`
+    with the `train` config.
 
     evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
     on_checkpoint(model, output_dir) runs on the main process after each checkpoint (e.g. export an encoder file).
