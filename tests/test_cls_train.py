@@ -10,6 +10,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torchvision import transforms as T
 
+from maetransfer.cls import train as cls_train
 from maetransfer.data.cls import build_dataset, write_demo_data
 from maetransfer.models import build_vit
 
@@ -127,3 +128,25 @@ def test_ema_weights_are_reported_and_reproduced_by_eval_only(data, tmp_path):
     assert set(plain) >= {"model", "model_ema"} and (out / "model_ema.pth").is_file()
     again = _run(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(out / "model_ema.pth"))
     assert again["loss"] == pytest.approx(metrics["loss"]) and again["top1"] == pytest.approx(metrics["top1"])
+
+
+@pytest.mark.parametrize("train_amp, eval_amp, expected", [("bf16", None, torch.float32),
+                                                           ("none", "bf16", torch.bfloat16)])
+def test_evaluation_runs_in_fp32_unless_eval_amp_opts_in(data, tmp_path, monkeypatch, train_amp, eval_amp, expected):
+    """Released fine-tuned checkpoints give their published numbers in fp32: evaluation during training and with
+    --eval-only runs without autocast whatever train.amp is, and under bf16 autocast only with eval.amp=bf16."""
+    seen = []
+
+    def build_recording(*args, **kwargs):  # the dtype of the logits of every evaluation forward
+        model = build_classifier(*args, **kwargs)
+        model.register_forward_hook(lambda m, inputs, out: None if m.training else seen.append(out.dtype))
+        return model
+
+    build_classifier = cls_train.build_classifier
+    monkeypatch.setattr(cls_train, "build_classifier", build_recording)
+    opt_in = [f"eval.amp={eval_amp}"] if eval_amp else []
+    _run(data, tmp_path / "ft", f"train.amp={train_amp}", "train.max_iters=1", *opt_in)
+    assert seen and set(seen) == {expected}
+    seen.clear()
+    _run(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(tmp_path / "ft" / "checkpoint.pth"), *opt_in)
+    assert seen and set(seen) == {expected}

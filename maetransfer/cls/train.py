@@ -103,7 +103,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
 
     def evaluate(m: nn.Module) -> Dict:
         counter = evaluate_classifier(m, val_set, num_classes, int(cfg.eval.batch_size), device,
-                                      int(cfg.train.num_workers), cfg.train.amp)
+                                      int(cfg.train.num_workers), cfg.eval.amp)
         summary = counter.summary()
         if dist.is_main_process():
             summary = write_results(counter, val_set.classes, output_dir, {"dataset": val_set.index_file})
