@@ -1,14 +1,18 @@
 """Convert a ViT/MAE checkpoint between formats: official MAE, Hugging Face ViTMAE, timm, detectron2-ViTDet, mmseg.
 
     python tools/convert_checkpoint.py mae_pretrain_vit_base.pth out/vit-mae-base --to hf
-    python tools/convert_checkpoint.py output/det/checkpoint.pth vitdet_init.pth --to detectron2
+    python tools/convert_checkpoint.py output/det/mask_rcnn_vit_base/checkpoint.pth vitdet_b.pth --to detectron2
 
-The source format is detected from its keys (any file `maetransfer.checkpoint.read_checkpoint` reads).
+The source format is detected from its keys (any file `maetransfer.checkpoint.read_checkpoint` reads). A whole Mask
+R-CNN (this project's train_det.py checkpoint, or a detectron2 ViTDet .pth/.pkl) is written whole by
+`--to detectron2` (backbone, pyramid, RPN, box and mask heads: a file detectron2's ViTDet configs load with strict
+key matching); the other formats take its encoder.
 """
 import argparse
 import sys
 
-from maetransfer.checkpoint import WRITE_FORMATS, CheckpointError, encoder_arch, read_checkpoint, save_checkpoint
+from maetransfer.checkpoint import (WRITE_FORMATS, CheckpointError, encoder_arch, is_detector, parse_state, read_raw,
+                                   save_checkpoint, save_detectron2_detector, unwrap_state)
 from maetransfer.models import vit_size
 
 
@@ -25,7 +29,14 @@ def main(argv=None):
     parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (for --to hf)")
     args = parser.parse_args(argv)
     try:
-        ckpt = read_checkpoint(args.src, unsafe=args.unsafe_load)
+        obj, hf_config = read_raw(args.src, unsafe=args.unsafe_load)
+        state, _ = unwrap_state(obj, args.src)
+        if is_detector(state) and args.to == "detectron2":
+            save_detectron2_detector(state, args.dst, args.src)
+            print(f"wrote {args.dst} (detectron2 ViTDet Mask R-CNN, {len(state)} tensors: backbone, pyramid, RPN, box "
+                  f"and mask heads)")
+            return
+        ckpt = parse_state(obj, args.src, hf_config)
         arch = encoder_arch(ckpt.encoder, args.src)
         num_heads = args.num_heads
         if args.model:
