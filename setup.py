@@ -20,6 +20,7 @@ setup(
         "numpy>=1.24",
         "pillow>=9.0",
         "safetensors>=0.4",
+        "shapely>=2.0",  # polygon instances cut to the LSJ crop, as detectron2 does
     ],
     extras_require={
         "dev": ["pytest>=7", "transformers>=4.40"],

@@ -1,5 +1,5 @@
-"""COCO loading (polygon / RLE / crowd / empty images / non-contiguous ids) against pycocotools itself, LSJ geometry
-against hand-computed masks, the demo writer and the one-line errors for bad files."""
+"""COCO loading (polygon / RLE / crowd / empty images / non-contiguous ids) against pycocotools itself, LSJ and the
+test resize against hand-computed geometry and PIL, the demo writer and the one-line errors for bad files."""
 import json
 
 import numpy as np
@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from maetransfer.data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, load_coco_json,
-                                   write_demo_coco)
+from maetransfer.data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge,
+                                   load_coco_json, write_demo_coco)
+from maetransfer.data.instances import nearest_indices, resize_image
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict:
@@ -70,16 +71,17 @@ def test_coco_loader_matches_pycocotools(tmp_path):
     ds = CocoDetection(tmp_path / "imgs", ann_file)
     reference = COCO(str(ann_file))  # pycocotools reading the file itself
     assert ds.category_ids == [3, 7, 12] and ds.num_classes == 3
-    assert [ds.label_of[c] for c in (3, 7, 12)] == [1, 2, 3]
+    assert [ds.label_of[c] for c in (3, 7, 12)] == [0, 1, 2]
     assert len(ds) == 3  # the image without annotations stays for evaluation
 
     image, target = ds[ds.ids.index(10)]
     assert image.shape == (3, 48, 64) and image.dtype == torch.uint8
     expected_pixels = np.asarray(Image.open(tmp_path / "imgs" / "a.png"))
     assert np.array_equal(image.permute(1, 2, 0).numpy(), expected_pixels)
-    # crowd annotation 3 excluded; 1 (polygon, two parts) and 2 (compressed RLE) kept in annotation order
+    # crowd annotation 3 excluded; 1 (polygon, two parts) and 2 (compressed RLE) kept in annotation order; with an
+    # RLE instance in the image every instance is a bitmask
     anns = [reference.anns[1], reference.anns[2]]
-    assert target["labels"].tolist() == [2, 3]
+    assert target["labels"].tolist() == [1, 2]
     for mask, ann in zip(target["masks"], anns):
         assert np.array_equal(mask.numpy(), reference.annToMask(ann))
     x, y, w, h = reference.anns[1]["bbox"]
@@ -88,10 +90,40 @@ def test_coco_loader_matches_pycocotools(tmp_path):
 
     _, target = ds[ds.ids.index(20)]  # uncompressed RLE
     assert np.array_equal(target["masks"][0].numpy(), reference.annToMask(reference.anns[4]))
-    assert target["labels"].tolist() == [1]
+    assert target["labels"].tolist() == [0]
 
     _, target = ds[ds.ids.index(30)]  # no annotation at all
-    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 32, 48)
+    assert target["boxes"].shape == (0, 4) and target["masks"] == []
+
+
+def make_polygon_coco(root):
+    """One 40 x 60 image with polygon instances only: a square, a two-part instance, and one whose only polygon has
+    too few points (dropped, as detectron2 drops it)."""
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / "imgs" / "p.png")
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 5, "iscrowd": 0, "bbox": [10.0, 10.0, 20.0, 20.0],
+         "segmentation": [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]]},
+        {"id": 2, "image_id": 1, "category_id": 9, "iscrowd": 0, "bbox": [40.0, 2.0, 18.0, 30.0],
+         "segmentation": [[40.0, 2.0, 50.0, 2.0, 45.0, 12.0], [48.0, 20.0, 58.0, 20.0, 58.0, 32.0, 48.0, 32.0]]},
+        {"id": 3, "image_id": 1, "category_id": 5, "iscrowd": 0, "bbox": [1.0, 1.0, 2.0, 2.0],
+         "segmentation": [[1.0, 1.0, 3.0, 3.0]]},
+    ]
+    path = root / "annotations" / "instances_poly.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "p.png", "height": 40, "width": 60}],
+                                "annotations": annotations,
+                                "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}]}))
+    return path
+
+
+def test_polygon_instances_stay_polygons(tmp_path):
+    ann_file = make_polygon_coco(tmp_path)
+    _, target = CocoDetection(tmp_path / "imgs", ann_file)[0]
+    assert target["labels"].tolist() == [0, 1]  # annotation 3 has no usable polygon
+    masks = target["masks"]
+    assert isinstance(masks, list) and [len(m) for m in masks] == [1, 2]
+    assert masks[1][0].dtype == np.float64 and masks[1][0].tolist() == [40.0, 2.0, 50.0, 2.0, 45.0, 12.0]
 
 
 def test_filter_empty_drops_images_without_usable_instances(tmp_path):
@@ -102,48 +134,95 @@ def test_filter_empty_drops_images_without_usable_instances(tmp_path):
 def test_lsj_identity_flip_and_upscale_against_hand_computed_masks(tmp_path):
     ann_file = make_tiny_coco(tmp_path)
     ds = CocoDetection(tmp_path / "imgs", ann_file)
-    image, target = ds[ds.ids.index(20)]  # 40 x 40
+    image, target = ds[ds.ids.index(20)]  # 40 x 40, a bitmask instance
     ring = target["masks"][0].numpy()
 
     same, t = LargeScaleJitter(40, (1.0, 1.0), flip_prob=0.0)(image, dict(target))
-    assert same.shape == (3, 40, 40) and torch.allclose(same, image.float())
+    assert same.dtype == torch.uint8 and torch.equal(same, image)
     assert np.array_equal(t["masks"][0].numpy(), ring)
 
     flipped, t = LargeScaleJitter(40, (1.0, 1.0), flip_prob=1.0)(image, dict(target))
-    assert torch.allclose(flipped, image.float().flip(-1))
+    assert torch.equal(flipped, image.flip(-1))
     assert np.array_equal(t["masks"][0].numpy(), ring[:, ::-1])
 
-    # scale 2: the 40 x 40 image becomes 80 x 80 and the 40 x 40 crop starts at round(40 * u) on both axes
-    torch.manual_seed(3)
+    # scale 2: 40 x 40 becomes 80 x 80 and the 40 x 40 crop starts at round(40 * u): NumPy draws flip, scale, crop
+    np.random.seed(3)
     up, t = LargeScaleJitter(40, (2.0, 2.0), flip_prob=0.0)(image, dict(target))
-    torch.manual_seed(3)
-    torch.rand(())  # flip draw
-    torch.rand(())  # scale draw
-    offset = round(40 * torch.rand(()).item())
+    np.random.seed(3)
+    np.random.uniform(), np.random.uniform(2.0, 2.0)
+    offset = int(np.round(40 * np.random.uniform()))
     doubled = np.kron(ring, np.ones((2, 2), dtype=np.uint8))  # nearest-neighbour x2 by hand
     assert up.shape == (3, 40, 40)
     assert np.array_equal(t["masks"][0].numpy(), doubled[offset:offset + 40, offset:offset + 40])
+    expected_pixels = np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((80, 80), Image.BILINEAR))
+    assert np.array_equal(up.permute(1, 2, 0).numpy(), expected_pixels[offset:offset + 40, offset:offset + 40])
 
 
-def test_lsj_boxes_match_cropped_masks_and_drop_empty_instances(tmp_path):
-    ann_file = make_tiny_coco(tmp_path)
-    ds = CocoDetection(tmp_path / "imgs", ann_file, transforms=LargeScaleJitter(32, (0.3, 2.0)))
-    torch.manual_seed(0)
-    seen_drop = False
-    for _ in range(40):
-        for index in range(len(ds)):
-            image, target = ds[index]
-            n_before = len(ds.load_target(ds.ids[index])["labels"])
-            assert image.dtype == torch.float32 and max(image.shape[1:]) <= 32
-            masks = target["masks"].numpy()
-            assert masks.shape[1:] == tuple(image.shape[1:])
-            assert len(masks) == len(target["boxes"]) == len(target["labels"])
-            seen_drop |= len(masks) < n_before
-            for mask, box in zip(masks, target["boxes"].tolist()):
-                ys, xs = np.nonzero(mask)
-                assert len(ys) > 0
-                assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-    assert seen_drop  # random crops cut some instances out entirely
+def test_lsj_polygons_are_scaled_and_cut_to_the_crop(tmp_path):
+    ann_file = make_polygon_coco(tmp_path)
+    image, target = CocoDetection(tmp_path / "imgs", ann_file)[0]  # 40 x 60
+    # flip, then scale 1.5 (size 30 x U(1.5, 1.5) = 45 fits 40 x 60 by factor 0.75): 30 x 45, crop offset 15 * u
+    np.random.seed(0)
+    _, t = LargeScaleJitter(30, (1.5, 1.5), flip_prob=1.0)(image, dict(target))
+    np.random.seed(0)
+    np.random.uniform(), np.random.uniform()
+    left = int(np.round(15 * np.random.uniform()))
+    # the square [10, 30]^2 flipped to x in [30, 50], scaled by 0.75 to [22.5, 37.5] x [7.5, 22.5], then shifted
+    square = np.concatenate(t["masks"][0]).reshape(-1, 2)
+    box = [max(22.5 - left, 0.0), 7.5, min(37.5 - left, 30.0), 22.5]
+    assert square[:, 0].min() == pytest.approx(box[0]) and square[:, 0].max() == pytest.approx(box[2])
+    assert t["boxes"][0].tolist() == pytest.approx(box)
+    assert t["labels"][0] == 0
+
+
+def test_lsj_boxes_match_cropped_instances_and_drop_empty_ones(tmp_path):
+    from maetransfer.data.instances import polygons_to_bitmask
+
+    for ann_file, polygons in ((make_tiny_coco(tmp_path / "rle"), False), (make_polygon_coco(tmp_path / "poly"), True)):
+        ds = CocoDetection(ann_file.parent.parent / "imgs", ann_file, transforms=LargeScaleJitter(32, (0.3, 2.0)))
+        np.random.seed(0)
+        seen_drop = False
+        for _ in range(40):
+            for index in range(len(ds)):
+                image, target = ds[index]
+                n_before = len(ds.load_target(ds.ids[index])["labels"])
+                assert image.dtype == torch.uint8 and max(image.shape[1:]) <= 32
+                assert len(target["masks"]) == len(target["boxes"]) == len(target["labels"])
+                seen_drop |= len(target["labels"]) < n_before
+                for mask, box in zip(target["masks"], target["boxes"].tolist()):
+                    if polygons:
+                        points = np.concatenate(mask).reshape(-1, 2)
+                        assert box == pytest.approx([*points.min(0), *points.max(0)])
+                        mask = polygons_to_bitmask(mask, *image.shape[1:])
+                    else:
+                        assert mask.shape == image.shape[1:]
+                        ys, xs = np.nonzero(mask.numpy())
+                        assert box == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert seen_drop  # random crops cut some instances out entirely
+
+
+def test_nearest_mask_resize_is_pils():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w, nh, nw = (int(v) for v in rng.integers(1, 400, 4))
+        mask = rng.integers(0, 2, (h, w)).astype(np.uint8)
+        reference = np.asarray(Image.fromarray(mask).resize((nw, nh), Image.NEAREST))
+        rows, cols = nearest_indices(h, nh), nearest_indices(w, nw)
+        padded = np.pad(mask, ((0, 1), (0, 1)))  # index -1: PIL's fill
+        assert np.array_equal(padded[rows][:, cols], reference)
+
+
+def test_test_resize_rounds_as_detectron2():
+    resize = ResizeShortestEdge(1024, 1024)
+    # the longer side becomes 1024 and the other int(x + 0.5): 333 x 500 -> 681.98 -> 682 (flooring would give 681)
+    assert resize.output_size(333, 500) == (682, 1024)
+    assert resize.output_size(640, 427) == (1024, 683)
+    assert ResizeShortestEdge(800, 1333).output_size(480, 640) == (800, 1067)  # short side rule
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 333, 500), dtype=np.uint8))
+    out, _ = ResizeShortestEdge(300, 300)(image, {})
+    reference = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((300, 200), Image.BILINEAR)  # antialiased
+    assert out.shape == (3, 200, 300) and np.array_equal(out.permute(1, 2, 0).numpy(), np.asarray(reference))
+    assert torch.equal(resize_image(image, (333, 500)), image)
 
 
 def test_demo_writer_round_trips_through_pycocotools(tmp_path):

@@ -28,7 +28,7 @@ def _direct_stats(ann_file, results, iou_type):
 
 
 def _gt_outputs(ds, drop_last=False, jitter=0.0, seed=0):
-    """torchvision-style predictions made from the ground truth (non-crowd instances), optionally perturbed."""
+    """Detector outputs made from the ground truth (non-crowd instances), optionally perturbed."""
     rng = np.random.default_rng(seed)
     outputs = {}
     for image_id in ds.ids:
@@ -40,10 +40,11 @@ def _gt_outputs(ds, drop_last=False, jitter=0.0, seed=0):
         boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         boxes += torch.from_numpy(rng.uniform(-jitter, jitter, boxes.shape).astype(np.float32))
         masks = [ds.coco.annToMask(a) for a in anns]
-        masks = (torch.from_numpy(np.stack(masks)).float() if masks else torch.zeros(0, info["height"], info["width"]))
+        masks = (torch.from_numpy(np.stack(masks)).bool() if masks else
+                 torch.zeros(0, info["height"], info["width"], dtype=torch.bool))
         outputs[image_id] = {"boxes": boxes, "labels": torch.tensor([ds.label_of[a["category_id"]] for a in anns]),
                              "scores": torch.from_numpy(rng.uniform(0.5, 1.0, len(anns)).astype(np.float32)),
-                             "masks": masks[:, None] * 0.9}
+                             "masks": masks}
     return outputs
 
 
@@ -95,18 +96,17 @@ def test_imperfect_predictions_match_cocoeval_run_directly(tmp_path):
         assert 0 < metrics[iou_type]["AP"] < 100
 
 
-def test_mask_threshold_and_empty_predictions(tmp_path):
+def test_result_format_and_empty_predictions(tmp_path):
     ann_file = make_tiny_coco(tmp_path)
     ds = CocoDetection(tmp_path / "imgs", ann_file)
-    probs = torch.zeros(1, 1, 4, 4)
-    probs[0, 0, :2, :2] = 0.5  # detectron2 pastes masks with >= 0.5
-    probs[0, 0, 2:, 2:] = 0.49
-    out = {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "labels": torch.tensor([3]), "scores": torch.tensor([0.7]),
-           "masks": probs}
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :3] = True
+    out = {"boxes": torch.tensor([[0.25, 0.5, 2.125, 2.0]]), "labels": torch.tensor([2]),
+           "scores": torch.tensor([0.123456789]), "masks": mask}
     (res,) = instances_to_results(out, 10, ds.category_ids)
-    expected = np.zeros((4, 4), np.uint8)
-    expected[:2, :2] = 1
-    assert np.array_equal(mask_utils.decode(res["segmentation"]), expected)
-    assert res["category_id"] == 12 and res["bbox"] == [0.0, 0.0, 2.0, 2.0]
+    assert np.array_equal(mask_utils.decode(res["segmentation"]), mask[0].numpy().astype(np.uint8))
+    # label 2 is the third category id; xywh boxes and scores unrounded, as detectron2 writes them
+    assert res["category_id"] == 12 and res["bbox"] == [0.25, 0.5, 1.875, 1.5]
+    assert res["score"] == pytest.approx(0.123456789, rel=1e-7)
     metrics = COCOEvaluator(ds, tmp_path / "out").evaluate_results([], verbose=False)
     assert metrics["bbox"]["AP"] == 0.0 and metrics["segm"]["AP"] == 0.0

@@ -1,9 +1,12 @@
-"""COCO instance segmentation data: the 2017 layout read through pycocotools, ViTDet's large-scale jitter (LSJ) on
-tensors, and the synthetic demo set written in the same on-disk format.
+"""COCO instance segmentation data: the 2017 layout read through pycocotools, ViTDet's large-scale jitter (LSJ) and
+test resize with detectron2's geometry, and the synthetic demo set written in the same on-disk format.
 
 Layout under a root:  annotations/instances_{split}.json  and  {split}/<file_name>  (split = train2017, val2017).
-Targets follow torchvision's detection convention: boxes (N, 4) xyxy float in pixels, labels (N,) int64 in 1..K
-(0 is background), masks (N, H, W) uint8, plus image_id (the COCO id).
+Targets follow detectron2's conventions: boxes (N, 4) xyxy float in pixels, labels (N,) int64 in 0..K-1 (sorted
+category ids; the box head's background is K), image_id (the COCO id) and masks: polygons when every instance of
+the image is given as polygons (a list of N instances, each a list of flat float64 [x0, y0, x1, y1, ...] arrays:
+exact geometry and no full-image bitmask per instance), else an (N, H, W) uint8 bitmask tensor (RLE annotations;
+polygons of such images are rasterised, detectron2's "bitmask" mask format).
 """
 import io
 import json
@@ -14,15 +17,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_utils
+import shapely.geometry
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.io import ImageReadMode, decode_image
-from torchvision.ops import masks_to_boxes
 
 from .demo import SHAPES, render_scenes
 from .images import read_annotation_json
+from .instances import Polygons, bitmask_boxes, nearest_indices, polygon_boxes, polygons_to_bitmask, resize_image
 
 
 class CocoFormatError(ValueError):
@@ -54,14 +57,22 @@ def load_coco_json(path) -> COCO:
     return coco
 
 
+def valid_polygons(segm) -> Optional[List[np.ndarray]]:
+    """The usable polygons of a polygon segmentation (an even number of >= 6 coordinates, as detectron2's
+    load_coco_json keeps) as float64 arrays; None when `segm` is no polygon list or none is usable (the instance is
+    dropped, as in detectron2)."""
+    if not isinstance(segm, list):
+        return None
+    polygons = [np.asarray(p, dtype=np.float64) for p in segm if len(p) >= 6 and len(p) % 2 == 0]
+    return polygons or None
+
+
 def annotation_to_rle(segm, height: int, width: int) -> Optional[dict]:
     """A COCO segmentation (polygons, uncompressed RLE or compressed RLE) -> compressed RLE; None when it holds no
-    valid polygon (fewer than 3 points, which detectron2 drops too)."""
+    valid polygon."""
     if isinstance(segm, list):
-        polygons = [p for p in segm if len(p) >= 6]
-        if not polygons:
-            return None
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        polygons = valid_polygons(segm)
+        return None if polygons is None else mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
         return mask_utils.frPyObjects(segm, height, width)
     if isinstance(segm, dict) and "counts" in segm:
@@ -74,8 +85,9 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Crowd annotations never become training targets (COCOeval handles them at evaluation time, as in detectron2);
     `filter_empty` drops images without a usable non-crowd instance (detectron2's default for training); evaluation
-    keeps every image. Category ids map to contiguous labels 1..K in sorted id order; `category_ids[label - 1]` maps
-    back. `transforms(image, target)` runs on (3, H, W) uint8 and the target dict (e.g. `LargeScaleJitter`).
+    keeps every image. Category ids map to contiguous labels 0..K-1 in sorted id order (detectron2's contiguous ids);
+    `category_ids[label]` maps back. `transforms(image, target)` runs on (3, H, W) uint8 and the target dict
+    (`LargeScaleJitter` for training, `ResizeShortestEdge` for test).
     """
 
     def __init__(self, image_dir, ann_file, transforms=None, filter_empty: bool = False):
@@ -85,7 +97,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transforms = transforms
         self.category_ids = sorted(self.coco.cats)
         self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
-        self.label_of = {cat_id: i + 1 for i, cat_id in enumerate(self.category_ids)}
+        self.label_of = {cat_id: i for i, cat_id in enumerate(self.category_ids)}
         ids = sorted(self.coco.imgs)
         if filter_empty:
             ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[i])]
@@ -113,24 +125,31 @@ class CocoDetection(torch.utils.data.Dataset):
                                   f"{info['width']}x{info['height']}")
         return image
 
-    def load_target(self, image_id: int) -> Dict[str, torch.Tensor]:
+    def load_target(self, image_id: int) -> Dict:
         info = self.coco.imgs[image_id]
         h, w = info["height"], info["width"]
-        boxes, labels, masks = [], [], []
+        boxes, labels, segms = [], [], []
         for ann in self.coco.imgToAnns[image_id]:
             if ann.get("iscrowd", 0):
                 continue
-            rle = annotation_to_rle(ann.get("segmentation"), h, w)
+            segm = ann.get("segmentation")
+            instance = valid_polygons(segm) or annotation_to_rle(segm, h, w)  # polygons, an RLE or None
             x, y, bw, bh = ann["bbox"]
-            if rle is None or bw <= 0 or bh <= 0:
+            if instance is None or bw <= 0 or bh <= 0:
                 continue
             boxes.append([x, y, x + bw, y + bh])
             labels.append(self.label_of[ann["category_id"]])
-            masks.append(mask_utils.decode(rle))
+            segms.append(instance)
+        if all(isinstance(sg, list) for sg in segms):
+            masks = segms
+        else:
+            masks = torch.from_numpy(np.stack([
+                polygons_to_bitmask(sg, h, w).astype(np.uint8) if isinstance(sg, list) else mask_utils.decode(sg)
+                for sg in segms]))
         return {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
+            "masks": masks,
             "image_id": torch.tensor(image_id),
         }
 
@@ -142,52 +161,105 @@ class CocoDetection(torch.utils.data.Dataset):
         return image, target
 
 
-def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) non-empty masks -> (N, 4) xyxy boxes enclosing the pixels, right/bottom edges exclusive (the
-    extent pycocotools' toBbox and detectron2's BitMasks give; torchvision's masks_to_boxes is inclusive)."""
-    if masks.shape[0] == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    return masks_to_boxes(masks.bool()).float() + torch.tensor([0.0, 0.0, 1.0, 1.0])
-
-
 class LargeScaleJitter:
-    """ViTDet's training augmentation on tensors: horizontal flip, resize so the image fits a square of
-    `size * U(scale_range)` (detectron2 ResizeScale), then a random crop of at most `size` x `size` without padding
-    (FixedSizeCrop pad=False; batches are padded later). Boxes are recomputed from the cropped masks and instances
-    left with no pixels are dropped. Returns a float32 image in 0..255."""
+    """ViTDet's training augmentation, as detectron2's DatasetMapper with [RandomFlip, ResizeScale(0.1, 2.0, size,
+    size), FixedSizeCrop(size, pad=False)] and recompute_boxes: the same NumPy random draws in the same order, the
+    image resized with PIL (bilinear, antialiased when shrinking) on uint8, the crop offset rounded half to even.
+    Polygons are flipped, scaled and cut to the crop window with shapely (after buffer(0), as fvcore's
+    CropTransform); bitmasks follow PIL's nearest resize of only the crop window (memory stays at the crop size).
+    Boxes are recomputed from the cropped instances and instances left empty are dropped."""
 
     def __init__(self, size: int = 1024, scale_range: Sequence[float] = (0.1, 2.0), flip_prob: float = 0.5):
         self.size = size
         self.scale_range = tuple(scale_range)
         self.flip_prob = flip_prob
 
-    def __call__(self, image: torch.Tensor, target: Dict[str, torch.Tensor]):
-        masks = target["masks"]
-        if torch.rand(()) < self.flip_prob:
-            image, masks = image.flip(-1), masks.flip(-1)
+    def __call__(self, image: torch.Tensor, target: Dict):
         h, w = image.shape[1:]
-        lo, hi = self.scale_range
-        scale = lo + (hi - lo) * torch.rand(()).item()
-        factor = min(scale * self.size / h, scale * self.size / w)
-        new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
-        crop_h, crop_w = min(self.size, new_h), min(self.size, new_w)
-        # One uniform draw for both axes, as detectron2's FixedSizeCrop.
-        u = torch.rand(()).item()
-        top, left = round((new_h - crop_h) * u), round((new_w - crop_w) * u)
+        masks = target["masks"]
+        polygons = not isinstance(masks, torch.Tensor)
+        if np.random.uniform(0.0, 1.0) < self.flip_prob:
+            image = image.flip(-1)
+            masks = [[_flip_x(p, w) for p in inst] for inst in masks] if polygons else masks.flip(-1)
+        scale = np.random.uniform(*self.scale_range)
+        target_size = np.multiply((self.size, self.size), scale)
+        factor = np.minimum(target_size[0] / h, target_size[1] / w)
+        new_h, new_w = (max(1, int(v)) for v in np.round(np.multiply((h, w), factor)))
+        max_offset = np.maximum(np.subtract((new_h, new_w), (self.size, self.size)), 0)
+        top, left = (int(v) for v in np.round(np.multiply(max_offset, np.random.uniform(0.0, 1.0))))
 
-        # antialias matches the PIL bilinear resize detectron2 applies to uint8 images.
-        image = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
-                              antialias=True)[0]
-        image = image[:, top:top + crop_h, left:left + crop_w].clamp_(0, 255)
-        # Nearest-neighbour resize of only the cropped window (torch 'nearest' index rule): memory stays at the crop
-        # size even when a 2x scale would make full-size masks of many instances large.
-        rows = ((torch.arange(top, top + crop_h) * (h / new_h)).floor().long()).clamp_(max=h - 1)
-        cols = ((torch.arange(left, left + crop_w) * (w / new_w)).floor().long()).clamp_(max=w - 1)
-        masks = masks[:, rows][:, :, cols]
-        keep = masks.flatten(1).amax(dim=1) > 0
-        masks = masks[keep]
-        target = dict(target, masks=masks, labels=target["labels"][keep], boxes=boxes_from_masks(masks))
-        return image, target
+        image = resize_image(image, (new_h, new_w))[:, top:top + self.size, left:left + self.size]
+        if polygons:
+            masks = [_crop_polygons([_scale(p, new_w / w, new_h / h) for p in inst], left, top, self.size)
+                     for inst in masks]
+            boxes = polygon_boxes(masks)
+            nonempty = torch.tensor([len(inst) > 0 for inst in masks], dtype=torch.bool)
+        else:
+            rows = nearest_indices(h, new_h)[top:top + self.size]
+            cols = nearest_indices(w, new_w)[left:left + self.size]
+            padded = torch.nn.functional.pad(masks, (0, 1, 0, 1))  # index -1 reads this zero row / column
+            masks = padded[:, rows][:, :, cols]
+            boxes = bitmask_boxes(masks)
+            nonempty = masks.flatten(1).amax(dim=1) > 0
+        size = boxes[:, 2:] - boxes[:, :2]
+        keep = nonempty & (size > 1e-5).all(dim=1)  # detectron2 filter_empty_instances
+        masks = [m for m, k in zip(masks, keep.tolist()) if k] if polygons else masks[keep]
+        return image, dict(target, boxes=boxes[keep], labels=target["labels"][keep], masks=masks)
+
+
+def _flip_x(polygon: np.ndarray, width: int) -> np.ndarray:
+    flipped = polygon.copy()
+    flipped[0::2] = width - flipped[0::2]
+    return flipped
+
+
+def _scale(polygon: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+    scaled = polygon.copy()
+    scaled[0::2] = scaled[0::2] * scale_x
+    scaled[1::2] = scaled[1::2] * scale_y
+    return scaled
+
+
+def _crop_polygons(polygons: Polygons, left: int, top: int, size: int) -> Polygons:
+    """Polygons of one instance cut to the window [left, left + size) x [top, top + size) and moved to its corner.
+    An instance can split into several polygons or vanish; lines and points left by the cut are dropped."""
+    window = shapely.geometry.box(left, top, left + size, top + size).buffer(0.0)
+    cropped = []
+    for polygon in polygons:
+        shape = shapely.geometry.Polygon(polygon.reshape(-1, 2)).buffer(0.0)
+        if not shape.is_valid:
+            continue
+        part = shape.intersection(window)
+        if part.is_empty:
+            continue
+        for piece in getattr(part, "geoms", [part]):
+            if isinstance(piece, shapely.geometry.Polygon) and piece.is_valid:
+                coords = np.asarray(piece.exterior.coords)[:-1]  # shapely repeats the first vertex at the end
+                coords[:, 0] -= left
+                coords[:, 1] -= top
+                cropped.append(coords.reshape(-1))
+    return cropped
+
+
+class ResizeShortestEdge:
+    """detectron2's test resize ResizeShortestEdge(short, max_size): the shorter side to `short` unless the longer
+    would pass `max_size`, sizes rounded as int(x + 0.5), PIL bilinear on uint8. Only the image changes: evaluation
+    maps the predictions back to the original size and reads the ground truth from the json."""
+
+    def __init__(self, short: int, max_size: int):
+        self.short, self.max_size = short, max_size
+
+    def output_size(self, h: int, w: int) -> Tuple[int, int]:
+        size = self.short * 1.0
+        scale = size / min(h, w)
+        new_h, new_w = (size, scale * w) if h < w else (scale * h, size)
+        if max(new_h, new_w) > self.max_size:
+            scale = self.max_size * 1.0 / max(new_h, new_w)
+            new_h, new_w = new_h * scale, new_w * scale
+        return int(new_h + 0.5), int(new_w + 0.5)
+
+    def __call__(self, image: torch.Tensor, target: Dict):
+        return resize_image(image, self.output_size(*image.shape[1:])), target
 
 
 def collate_detection(batch):

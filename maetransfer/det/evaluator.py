@@ -23,10 +23,10 @@ RESULTS_FILE = "coco_instances_results.json"
 METRICS_FILE = "metrics.json"
 
 
-def instances_to_results(output: Dict[str, torch.Tensor], image_id: int, category_ids: Sequence[int],
-                         mask_threshold: float = 0.5) -> List[Dict]:
-    """One image's torchvision predictions (boxes xyxy, labels 1..K, scores, masks (N, 1, H, W) probabilities at
-    the original image size) -> COCO result dicts with original category ids, xywh boxes and RLE masks."""
+def instances_to_results(output: Dict[str, torch.Tensor], image_id: int,
+                         category_ids: Sequence[int]) -> List[Dict]:
+    """One image's predictions (boxes xyxy, labels 0..K-1, scores, bool masks (N, H, W) at the original image size)
+    -> COCO result dicts with original category ids, xywh boxes and RLE masks, unrounded as detectron2 writes them."""
     boxes = output["boxes"].detach().float().cpu()
     if boxes.shape[0] == 0:
         return []
@@ -35,12 +35,12 @@ def instances_to_results(output: Dict[str, torch.Tensor], image_id: int, categor
     labels = output["labels"].detach().cpu().tolist()
     rles = None
     if "masks" in output:
-        binary = (output["masks"].detach()[:, 0] >= mask_threshold).cpu().numpy().astype(np.uint8)
+        binary = output["masks"].detach().cpu().numpy().astype(np.uint8)
         rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
     results = []
     for i in range(len(scores)):
-        res = {"image_id": int(image_id), "category_id": int(category_ids[labels[i] - 1]),
-               "bbox": [round(v, 3) for v in xywh[i]], "score": round(float(scores[i]), 5)}
+        res = {"image_id": int(image_id), "category_id": int(category_ids[labels[i]]), "bbox": xywh[i],
+               "score": scores[i]}
         if rles is not None:
             res["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
         results.append(res)
@@ -100,12 +100,10 @@ class COCOEvaluator:
     to `output_dir`."""
 
     def __init__(self, dataset: CocoDetection, output_dir, iou_types: Sequence[str] = ("bbox", "segm"),
-                 mask_threshold: float = 0.5, batch_size: int = 1, num_workers: int = 0, amp: str = "none",
-                 max_images: int = 0):
+                 batch_size: int = 1, num_workers: int = 0, amp: str = "none", max_images: int = 0):
         self.dataset = dataset
         self.output_dir = Path(output_dir)
         self.iou_types = tuple(iou_types)
-        self.mask_threshold = mask_threshold
         self.batch_size, self.num_workers = batch_size, num_workers
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.max_images = max_images
@@ -117,7 +115,8 @@ class COCOEvaluator:
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module) -> List[Dict]:
-        """This rank's share of the split -> COCO result dicts."""
+        """This rank's share of the split -> COCO result dicts, predicted at the network's test size (the dataset's
+        transform) and mapped back to each image's size in the annotation file."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -128,11 +127,12 @@ class COCOEvaluator:
         results = []
         for images, targets in tqdm(loader, desc="evaluate", disable=not dist.is_main_process(),
                                     dynamic_ncols=True):
+            ids = [int(t["image_id"]) for t in targets]
+            sizes = [(self.dataset.coco.imgs[i]["height"], self.dataset.coco.imgs[i]["width"]) for i in ids]
             with autocast:
-                outputs = model([img.to(device).float() for img in images])
-            for out, target in zip(outputs, targets):
-                results += instances_to_results(out, int(target["image_id"]), self.dataset.category_ids,
-                                                self.mask_threshold)
+                outputs = model([img.to(device) for img in images], output_sizes=sizes)
+            for out, image_id in zip(outputs, ids):
+                results += instances_to_results(out, image_id, self.dataset.category_ids)
         model.train(was_training)
         return results
 

@@ -1,104 +1,123 @@
-"""Mask R-CNN with an MAE ViT backbone, assembled from torchvision.models.detection parts in the ViTDet layout.
+"""Mask R-CNN with an MAE ViT backbone, with detectron2's ViTDet semantics end to end (detectron2 projects/ViTDet,
+modeling/meta_arch/rcnn.py, postprocessing.py).
 
-ViTDet (Li et al. 2022; detectron2 projects/ViTDet): plain ViT with windowed attention, a few global blocks and
-decomposed relative positions -> SimpleFeaturePyramid (p2..p6, LN) -> RPN with 2 convs -> box head of 4 convs (LN)
-+ 1 fc -> mask head of 4 convs (LN). The MAE paper's Table 4 set-up instead takes 4 blocks at depth/4 steps through
-a multi-level pyramid and a standard FPN, with BN. Images are padded to a fixed square as ViTDet does; training
-images come already jittered (LSJ) so the torchvision transform never resizes them, and at test time it resizes the
-longest side to the test size (ViTDet's ResizeShortestEdge(size, max_size=size)) and maps predictions back.
+ViTDet (Li et al. 2022): plain ViT with windowed attention, a few global blocks and decomposed relative positions
+-> SimpleFeaturePyramid (p2..p6, LN) -> RPN with 2 convs -> box head of 4 convs (LN) + 1 fc -> mask head of 4 convs
+(LN). The MAE paper's Table 4 set-up instead takes 4 blocks at depth/4 steps through a multi-level pyramid and a
+standard FPN, with BN. Inputs are normalised and zero-padded to a fixed square; the data pipeline resizes (LSJ for
+training, `ResizeShortestEdge` for test, both on uint8 with PIL as detectron2) and the predictions are mapped back to
+the size the caller asks for (boxes scaled and clipped, masks pasted at sub-pixel precision).
 
-Known differences from detectron2 that come with torchvision's parts: RoIAlign with aligned=False (detectron2's
-ROIAlignV2 uses aligned=True) and smooth-L1 box losses (beta 1/9) where ViTDet uses L1.
+The state dict uses detectron2's ViTDet key names (`backbone.net.*`, `backbone.simfp_*`,
+`proposal_generator.rpn_head.*`, `roi_heads.box_head.*`, `roi_heads.box_predictor.*`, `roi_heads.mask_head.*`), so
+a detector moves between the two stacks without renaming.
 """
 from collections import OrderedDict
-from functools import partial
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops.poolers import initLevelMapper
 
 from ..models import MultiLevelPyramid, SimpleFeaturePyramid, VisionTransformer, build_norm, build_vit, vit_out_indices
+from .masks import paste_masks_in_image
+from .roi_heads import ROIHeads
+from .rpn import RPN
 
 
-def _norm_layer(norm: str):
-    """torchvision heads take a `norm_layer(channels)` factory, None for plain convolutions with bias."""
-    return partial(build_norm, norm) if norm else None
+class ViTDetBackbone(SimpleFeaturePyramid):
+    """detectron2's `SimpleFeaturePyramid(net=ViT)`: the pyramid stages `simfp_*` on the last block of the ViT
+    `.net`; returns {'p2'..'p5', 'p6'} (the last from a stride-2 max-pool), `out_channels` wide."""
 
-
-class ViTDetBackbone(nn.Module):
-    """ViT + feature pyramid with the interface GeneralizedRCNN expects: `forward(images) -> OrderedDict` of maps
-    named p<k> (stride 2**k, listed in `strides`; the last is the extra max-pool level), all `out_channels` wide.
-    The ViT is `.net` (detectron2's naming, so encoder keys read `backbone.net.*`).
-
-    pyramid='simple': ViTDet SimpleFeaturePyramid on the last block (its strides follow the ViT's patch size).
-    pyramid='multilevel': MAE paper Table 4 - blocks at depth/4 steps -> MultiLevelPyramid -> FPN + max-pool p6.
-    """
-
-    def __init__(self, net: VisionTransformer, pyramid: str = "simple", out_channels: int = 256,
-                 scale_factors=(4.0, 2.0, 1.0, 0.5), norm: str = "LN", fpn_norm: str = "BN"):
-        super().__init__()
+    def __init__(self, net: VisionTransformer, out_channels: int = 256, scale_factors=(4.0, 2.0, 1.0, 0.5),
+                 norm: str = "LN"):
+        super().__init__(net.embed_dim, out_channels, scale_factors, norm, top_block=True, in_stride=net.patch_size)
         self.net = net
-        self.kind = pyramid
-        self.out_channels = out_channels
-        dim, stride = net.embed_dim, net.patch_size
-        if pyramid == "simple":
-            self.pyramid = SimpleFeaturePyramid(dim, out_channels, scale_factors, norm, top_block=True,
-                                                in_stride=stride)
-            self.strides = OrderedDict(self.pyramid.strides)
-        elif pyramid == "multilevel":
-            self.out_indices = vit_out_indices(net.depth, len(scale_factors))
-            self.pyramid = MultiLevelPyramid(dim, norm, scale_factors, in_stride=stride)
-            self.fpn = FeaturePyramidNetwork(self.pyramid.out_channels, out_channels, extra_blocks=LastLevelMaxPool(),
-                                             norm_layer=_norm_layer(fpn_norm))
-            strides = self.pyramid.strides + [self.pyramid.strides[-1] * 2]  # + the FPN's max-pool level
-            self.strides = OrderedDict((f"p{s.bit_length() - 1}", s) for s in strides)
-        else:
-            raise ValueError(f"unknown pyramid {pyramid!r}: expected 'simple' or 'multilevel'")
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        if self.kind == "simple":
-            return self.pyramid(self.net.forward_maps(images, [self.net.depth - 1])[0])
+        return super().forward(self.net.forward_maps(images, [self.net.depth - 1])[0])
+
+
+class MultiLevelBackbone(nn.Module):
+    """MAE paper Table 4: blocks at depth/4 steps -> MultiLevelPyramid -> torchvision FPN + max-pool level."""
+
+    def __init__(self, net: VisionTransformer, out_channels: int = 256, scale_factors=(4.0, 2.0, 1.0, 0.5),
+                 norm: str = "GN", fpn_norm: str = "BN"):
+        super().__init__()
+        self.net = net
+        self.out_channels = out_channels
+        self.out_indices = vit_out_indices(net.depth, len(scale_factors))
+        self.pyramid = MultiLevelPyramid(net.embed_dim, norm, scale_factors, in_stride=net.patch_size)
+        norm_layer = (lambda c: build_norm(fpn_norm, c)) if fpn_norm else None
+        self.fpn = FeaturePyramidNetwork(self.pyramid.out_channels, out_channels, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=norm_layer)
+        strides = self.pyramid.strides + [self.pyramid.strides[-1] * 2]  # + the FPN's max-pool level
+        self.strides = OrderedDict((f"p{s.bit_length() - 1}", s) for s in strides)
+
+    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         maps = self.pyramid(self.net.forward_maps(images, self.out_indices))
         outs = self.fpn(OrderedDict(zip(self.strides, maps)))
         return OrderedDict(zip(self.strides, outs.values()))  # FPN names its extra level 'pool'
 
 
-class SquarePadTransform(GeneralizedRCNNTransform):
-    """torchvision's normalise/resize/batch step with ViTDet's conventions: no resizing while training (the data
-    pipeline applies LSJ), longest side to `test_size` at test time, and every batch zero-padded (after
-    normalisation) to a fixed `pad_size` square."""
+class MaskRCNN(nn.Module):
+    """detectron2 `GeneralizedRCNN` for Mask R-CNN.
 
-    def __init__(self, pad_size: int, test_size: int, image_mean, image_std, size_divisible: int = 32):
-        super().__init__(min_size=test_size, max_size=test_size, image_mean=list(image_mean),
-                         image_std=list(image_std), size_divisible=size_divisible, _skip_resize=True)
+    `forward(images, targets)` in training: `images` are (3, H, W) tensors of 0..255 values (uint8 or float) at
+    most `pad_size` on each side; `targets` dicts with `boxes` (N, 4) xyxy, `labels` (N,) in 0..K-1 and `masks`
+    (an (N, H, W) bitmask tensor, or a list of N polygon instances); returns the loss dict. In eval mode returns per
+    image `boxes`, `scores`, `labels` and bool `masks` (N, H', W') at `output_sizes` (default: the input sizes).
+    """
+
+    def __init__(self, backbone: nn.Module, proposal_generator: RPN, roi_heads: ROIHeads, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float], pad_size: int, mask_threshold: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.pad_size = pad_size
+        self.mask_threshold = mask_threshold
 
-    def batch_images(self, images: List[torch.Tensor], size_divisible: int = 32) -> torch.Tensor:
-        batch = super().batch_images(images, size_divisible)
-        h, w = batch.shape[-2:]
-        return F.pad(batch, (0, max(0, self.pad_size - w), 0, max(0, self.pad_size - h)))
+    def preprocess(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+        """Normalise, then zero-pad every image to the fixed `pad_size` square (detectron2 `square_pad`)."""
+        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        if max(max(s) for s in sizes) > self.pad_size:
+            raise ValueError(f"image of size {max(sizes, key=max)} is larger than the {self.pad_size} px square the "
+                             f"detector pads to: resize it first (test: ResizeShortestEdge, training: LSJ)")
+        batch = self.pixel_mean.new_zeros((len(images), 3, self.pad_size, self.pad_size))
+        for i, img in enumerate(images):
+            batch[i, :, : sizes[i][0], : sizes[i][1]] = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+        return batch, sizes
 
+    def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict]] = None,
+                output_sizes: Optional[List[Tuple[int, int]]] = None):
+        batch, sizes = self.preprocess(images)
+        features = list(self.backbone(batch).values())
+        gt_boxes = [t["boxes"] for t in targets] if self.training else None
+        proposals, losses = self.proposal_generator(features, sizes, gt_boxes)
+        roi_features = features[:-1]  # the extra max-pool level feeds only the RPN (detectron2 box_in_features)
+        if self.training:
+            losses.update(self.roi_heads(roi_features, proposals, sizes, targets))
+            return losses
+        detections = self.roi_heads(roi_features, proposals, sizes)
+        return [self.postprocess(d, size, out) for d, size, out in zip(detections, sizes, output_sizes or sizes)]
 
-def fixed_scale_roi_align(strides: "OrderedDict[str, int]", output_size: int) -> MultiScaleRoIAlign:
-    """MultiScaleRoIAlign with its level scales set from the known strides. torchvision otherwise infers them once,
-    from the first batch's largest unpadded image: with fixed square padding a batch of small LSJ crops would fix
-    wrong scales for the whole run. sampling_ratio 0 (adaptive) as detectron2's ROIAlignV2."""
-    pool = MultiScaleRoIAlign(list(strides), output_size, sampling_ratio=0)
-    levels = [int(s).bit_length() - 1 for s in strides.values()]
-    pool.scales = [1.0 / s for s in strides.values()]
-    pool.map_levels = initLevelMapper(levels[0], levels[-1], canonical_scale=pool.canonical_scale,
-                                      canonical_level=pool.canonical_level)
-    return pool
+    def postprocess(self, detection: Dict, input_size: Tuple[int, int], output_size: Tuple[int, int]) -> Dict:
+        """detectron2 `detector_postprocess`: boxes scaled to `output_size` and clipped, empty boxes dropped, masks
+        pasted into the output image and thresholded."""
+        out_h, out_w = int(output_size[0]), int(output_size[1])
+        boxes = detection["boxes"].clone()
+        boxes[:, 0::2] *= out_w / input_size[1]
+        boxes[:, 1::2] *= out_h / input_size[0]
+        boxes = clip_boxes_to_image(boxes, (out_h, out_w))
+        keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+        boxes = boxes[keep]
+        return {"boxes": boxes, "scores": detection["scores"][keep], "labels": detection["labels"][keep],
+                "masks": paste_masks_in_image(detection["mask_probs"][keep], boxes, (out_h, out_w),
+                                              self.mask_threshold)}
 
 
 def _size_overrides(model_cfg) -> Dict:
@@ -106,56 +125,45 @@ def _size_overrides(model_cfg) -> Dict:
     return {k: model_cfg[k] for k in ("embed_dim", "depth", "num_heads", "patch_size") if model_cfg[k] is not None}
 
 
-def build_backbone(model_cfg) -> ViTDetBackbone:
+def build_backbone(model_cfg) -> nn.Module:
     m = model_cfg
-    net = build_vit(m.arch, img_size=m.img_size, class_token=False, window_size=m.window_size,
-                    global_blocks=list(m.global_blocks), rel_pos=m.rel_pos or None, drop_path_rate=m.drop_path_rate,
-                    grad_checkpointing=m.grad_checkpointing, **_size_overrides(m))
+    net = build_vit(m.arch, img_size=m.img_size, pretrain_img_size=m.pretrain_img_size, class_token=False,
+                    window_size=m.window_size, global_blocks=list(m.global_blocks), rel_pos=m.rel_pos or None,
+                    drop_path_rate=m.drop_path_rate, grad_checkpointing=m.grad_checkpointing, **_size_overrides(m))
     # Dense heads read block outputs; the final norm would be a parameter without gradient (and breaks DDP).
     net.norm = nn.Identity()
-    return ViTDetBackbone(net, m.pyramid, m.out_channels, tuple(m.scale_factors), m.pyramid_norm, m.fpn_norm)
+    if m.pyramid == "simple":
+        return ViTDetBackbone(net, m.out_channels, tuple(m.scale_factors), m.pyramid_norm)
+    if m.pyramid == "multilevel":
+        return MultiLevelBackbone(net, m.out_channels, tuple(m.scale_factors), m.pyramid_norm, m.fpn_norm)
+    raise ValueError(f"unknown model.pyramid {m.pyramid!r}: expected 'simple' or 'multilevel'")
 
 
-def build_mask_rcnn(model_cfg, num_classes: int) -> MaskRCNN:
-    """Mask R-CNN for `num_classes` object categories (+ background) from the `model:` config section."""
+def build_mask_rcnn(model_cfg, num_classes: int, mask_threshold: float = 0.5) -> MaskRCNN:
+    """Mask R-CNN for `num_classes` object categories from the `model:` config section."""
     m = model_cfg
     backbone = build_backbone(m)
-    levels = list(backbone.strides)
-    if len(m.anchor_sizes) != len(levels):
+    strides = list(backbone.strides.values())
+    if len(m.anchor_sizes) != len(strides):
         raise ValueError(f"model.anchor_sizes has {len(m.anchor_sizes)} entries but the pyramid has "
-                         f"{len(levels)} levels ({', '.join(levels)})")
-    anchors = AnchorGenerator(sizes=tuple((int(s),) for s in m.anchor_sizes),
-                              aspect_ratios=(tuple(float(a) for a in m.aspect_ratios),) * len(levels))
-    channels = backbone.out_channels
-    rpn_head = RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=m.rpn_convs)
-    # The extra max-pool level only feeds the RPN, as detectron2's box_in_features p2..p5.
-    roi_strides = OrderedDict(list(backbone.strides.items())[:-1])
-    box_pool = fixed_scale_roi_align(roi_strides, m.box_pool_size)
-    mask_pool = fixed_scale_roi_align(roi_strides, m.mask_pool_size)
-    head_norm = _norm_layer(m.head_norm)
-    box_head = FastRCNNConvFCHead((channels, m.box_pool_size, m.box_pool_size), [m.head_dim] * m.box_head_convs,
-                                  [m.box_fc_dim], norm_layer=head_norm)
-    mask_head = MaskRCNNHeads(channels, [m.head_dim] * m.mask_head_convs, 1, norm_layer=head_norm)
-    model = MaskRCNN(
-        backbone, num_classes=None,
-        rpn_anchor_generator=anchors, rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
-        box_roi_pool=box_pool, box_head=box_head, box_predictor=FastRCNNPredictor(m.box_fc_dim, num_classes + 1),
-        box_score_thresh=m.box_score_thresh, box_nms_thresh=m.box_nms_thresh,
-        box_detections_per_img=m.detections_per_img, box_batch_size_per_image=m.box_batch_size_per_image,
-        mask_roi_pool=mask_pool, mask_head=mask_head,
-        mask_predictor=MaskRCNNPredictor(m.head_dim, m.head_dim, num_classes + 1))
-    model.transform = SquarePadTransform(m.img_size, m.img_size, m.pixel_mean, m.pixel_std)
-    return model
+                         f"{len(strides)} levels ({', '.join(backbone.strides)})")
+    rpn = RPN(backbone.out_channels, strides, list(m.anchor_sizes), list(m.aspect_ratios), num_convs=m.rpn_convs,
+              pre_nms_topk=(m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test),
+              post_nms_topk=(m.rpn_post_nms_top_n_train, m.rpn_post_nms_top_n_test),
+              batch_size_per_image=m.rpn_batch_size_per_image, smooth_l1_beta=m.smooth_l1_beta)
+    roi_heads = ROIHeads(num_classes, backbone.out_channels, strides[:-1], m.box_pool_size, m.mask_pool_size,
+                         m.head_dim, m.box_head_convs, m.box_fc_dim, m.mask_head_convs, m.head_norm,
+                         m.box_batch_size_per_image, score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
+                         detections_per_img=m.detections_per_img, smooth_l1_beta=m.smooth_l1_beta)
+    return MaskRCNN(backbone, rpn, roi_heads, m.pixel_mean, m.pixel_std, m.img_size, mask_threshold)
 
 
 def detection_loss(model: nn.Module, batch: Tuple[List[torch.Tensor], List[Dict]], device: torch.device):
-    """Engine loss_fn: the sum of torchvision's loss dict (RPN objectness/box, RoI classifier/box, mask); each part
-    is logged."""
+    """Engine loss_fn: the sum of the five losses (loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg, loss_mask);
+    each part is logged."""
     images, targets = batch
     images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+    targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+               for t in targets]
     losses = model(images, targets)
     return sum(losses.values()), {k: v.detach() for k, v in losses.items()}

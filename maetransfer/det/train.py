@@ -5,8 +5,9 @@ from typing import Dict, Optional, Tuple
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_raw
-from ..data.coco import CocoDetection, LargeScaleJitter, collate_detection, write_demo_coco
+from ..checkpoint import (CheckpointError, detector_state, is_detector, load_detector_into, load_into, parse_state,
+                          read_raw, read_state, unwrap_state)
+from ..data.coco import CocoDetection, LargeScaleJitter, ResizeShortestEdge, collate_detection, write_demo_coco
 from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
@@ -21,11 +22,11 @@ def coco_split(data_cfg: DictConfig, split: str) -> Tuple[Path, Path]:
 
 
 def build_datasets(cfg: DictConfig, eval_only: bool = False):
-    d = cfg.data
-    val_set = CocoDetection(*coco_split(d, d.val_split))
+    d, size = cfg.data, int(cfg.model.img_size)
+    val_set = CocoDetection(*coco_split(d, d.val_split), transforms=ResizeShortestEdge(size, size))
     if eval_only:
         return None, val_set
-    lsj = LargeScaleJitter(int(cfg.model.img_size), tuple(d.scale_range), float(d.flip_prob))
+    lsj = LargeScaleJitter(size, tuple(d.scale_range), float(d.flip_prob))
     train_set = CocoDetection(*coco_split(d, d.train_split), transforms=lsj, filter_empty=bool(d.filter_empty))
     if train_set.category_ids != val_set.category_ids:
         raise ValueError(f"{train_set.ann_file} and {val_set.ann_file} list different categories")
@@ -33,28 +34,26 @@ def build_datasets(cfg: DictConfig, eval_only: bool = False):
 
 
 def load_pretrained(model: nn.Module, path: str, unsafe: bool = False) -> None:
-    """MAE encoder weights (any format the checkpoint reader knows) into the detector's ViT `backbone.net`: pos_embed
-    is resized to the 1024 grid and a patch-14 kernel resampled to the model's patch (ViTDet runs ViT-H at 16); the
-    encoder's cls token and final norm are unused by this backbone and reported as such."""
-    load_into(model.backbone.net, load_encoder_state(path, unsafe), source=path)
+    """`train.init_checkpoint`: a whole detector (this tool's checkpoint, a detectron2 ViTDet .pth/.pkl) loads with
+    all its heads (predictors of another class count start fresh); an MAE encoder (any format the checkpoint reader
+    knows) goes into the ViT `backbone.net`, its pos_embed resized to the pretraining grid and a patch-14 kernel
+    resampled to the model's patch (ViTDet runs ViT-H at 16), the unused cls token / final norm reported."""
+    obj, hf_config = read_raw(path, unsafe)
+    state, _ = unwrap_state(obj, path)
+    if is_detector(state):
+        load_detector_into(model, detector_state(state), path, new_classes_ok=True)
+    else:
+        load_into(model.backbone.net, parse_state(obj, path, hf_config))
 
 
 def load_detector(model: nn.Module, path: str, unsafe: bool = False) -> None:
-    """A trained detector: this tool's checkpoint.pth (or a file holding its 'model' state dict)."""
-    ckpt, _ = read_raw(path, unsafe)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not any(k.startswith("roi_heads.") for k in state):
-        raise CheckpointError(f"{path}: not a Mask R-CNN checkpoint of this project (no roi_heads.* weights); an MAE "
-                              "encoder file goes to train.init_checkpoint instead")
-    target = model.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    wrong = [k for k in state if k in target and state[k].shape != target[k].shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(f"{path}: checkpoint does not match the configured detector ({len(missing)} missing "
-                              f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}, {len(wrong)} of another "
-                              f"shape {wrong[:2]}); check model.* in the config")
-    model.load_state_dict(state)
+    """--eval-only: a trained detector (this tool's checkpoint.pth, a detectron2 ViTDet .pth/.pkl, or a file written
+    by `convert_checkpoint.py --to detectron2`) that matches the configured model exactly."""
+    state, _ = read_state(path, unsafe)
+    if not is_detector(state):
+        raise CheckpointError(f"{path}: not a Mask R-CNN checkpoint (no roi_heads.* weights); an MAE encoder file "
+                              "goes to train.init_checkpoint instead")
+    load_detector_into(model, detector_state(state), path)
 
 
 def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
@@ -67,12 +66,12 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
         write_demo_coco(cfg.data.root, size=int(cfg.model.img_size))
     dist.barrier()
     train_set, val_set = build_datasets(cfg, eval_only)
-    model = build_mask_rcnn(cfg.model, val_set.num_classes)
+    model = build_mask_rcnn(cfg.model, val_set.num_classes, float(cfg.eval.mask_threshold))
     if dist.get_world_size() > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN variants (Table 4) normalise across processes
-    evaluator = COCOEvaluator(val_set, output_dir, mask_threshold=float(cfg.eval.mask_threshold),
-                              batch_size=int(cfg.eval.batch_size), num_workers=int(cfg.train.num_workers),
-                              amp=cfg.train.amp, max_images=int(cfg.eval.max_images))
+    evaluator = COCOEvaluator(val_set, output_dir, batch_size=int(cfg.eval.batch_size),
+                              num_workers=int(cfg.train.num_workers), amp=cfg.eval.amp,
+                              max_images=int(cfg.eval.max_images))
     final: Dict = {}
 
     def evaluate(m: nn.Module) -> Dict:

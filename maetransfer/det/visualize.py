@@ -11,23 +11,24 @@ from ..data.coco import CocoDetection
 
 @torch.no_grad()
 def save_predictions(model: torch.nn.Module, dataset: CocoDetection, path, num_images: int = 8,
-                     score_thresh: float = 0.3, mask_threshold: float = 0.5, min_side: int = 256) -> Path:
-    """Boxes, class names, scores and masks of detections above `score_thresh` on the first images of `dataset`."""
+                     score_thresh: float = 0.3, min_side: int = 256) -> Path:
+    """Boxes, class names, scores and masks of detections above `score_thresh` on the first images of `dataset` (as
+    its transform gives them to the network)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     panels = []
     for index in range(min(num_images, len(dataset))):
         image, _ = dataset[index]
-        out = model([image.to(device).float()])[0]
+        out = model([image.to(device)])[0]
         keep = out["scores"] >= score_thresh
         # Small images (the demo's) are enlarged so that the labels stay readable.
         zoom = max(1, -(-min_side // max(image.shape[1:])))
         canvas = F.interpolate(image[None].float(), scale_factor=zoom, mode="nearest")[0].to(torch.uint8).cpu()
         if keep.any():
-            masks = F.interpolate(out["masks"][keep].float().cpu(), scale_factor=zoom, mode="nearest")[:, 0]
-            canvas = draw_segmentation_masks(canvas, masks >= mask_threshold, alpha=0.45)
-            labels = [f"{dataset.category_names[int(l) - 1]} {float(s):.2f}"
+            masks = F.interpolate(out["masks"][keep, None].float().cpu(), scale_factor=zoom, mode="nearest")[:, 0]
+            canvas = draw_segmentation_masks(canvas, masks > 0, alpha=0.45)
+            labels = [f"{dataset.category_names[int(l)]} {float(s):.2f}"
                       for l, s in zip(out["labels"][keep], out["scores"][keep])]
             canvas = draw_bounding_boxes(canvas, out["boxes"][keep].cpu() * zoom, labels=labels, width=2)
         panels.append(canvas)

@@ -32,14 +32,17 @@ def build_norm(norm: str, channels: int) -> nn.Module:
 
 
 class ConvNorm(nn.Conv2d):
-    """Convolution followed by a norm held as `.norm`: detectron2's `layers.Conv2d` layout (`weight`, `norm.*`)."""
+    """Convolution, a norm held as `.norm`, then an optional activation: detectron2's `layers.Conv2d` layout (`weight`,
+    `bias` only without a norm, `norm.*`), so detectron2 checkpoints load by name."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: str, **kwargs):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: str = "",
+                 activation: nn.Module = None, **kwargs):
         super().__init__(in_channels, out_channels, kernel_size, bias=norm == "", **kwargs)
         self.norm = build_norm(norm, out_channels)
+        self.activation = activation if activation is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(super().forward(x))
+        return self.activation(self.norm(super().forward(x)))
 
 
 class SimpleFeaturePyramid(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, to_2tuple, trunc_normal_
 
 from .pos_embed import interpolate_pos_embed, sincos_2d
 
@@ -190,6 +190,9 @@ class VisionTransformer(nn.Module):
     class_token: keep a cls token in the sequence (classification, mmseg-style backbones); ViTDet drops it.
     pos_embed: 'learned' (fine-tuning; loaded from a checkpoint) or 'sincos' (fixed, MAE pretraining). The table is
         always stored with a cls row, (1, 1 + h*w, D), in the official layout, and resized to the input grid on the fly.
+    pretrain_img_size: the image size the pos_embed table is kept at (default img_size). ViTDet keeps it at the
+        pretraining size (224: a 14x14 table) and interpolates it to the 64x64 grid in every forward, so a detector's
+        table stays the pretrained one and exports unchanged; img_size still sizes the global-attention rel-pos.
     window_size / global_blocks: ViTDet windowed attention; blocks listed in `global_blocks` attend globally.
     rel_pos: None, 'decomposed' (ViTDet) or 'bias' (BEiT/mmseg); zero-initialised.
     layer_scale_init: None (MAE) or the LayerScale init value (mmseg's MAE backbone uses 1.0 at transfer).
@@ -202,7 +205,7 @@ class VisionTransformer(nn.Module):
                  class_token: bool = True, pos_embed: str = "learned", window_size: int = 0,
                  global_blocks: Sequence[int] = (), rel_pos: Optional[str] = None,
                  layer_scale_init: Optional[float] = None, num_classes: int = 0, global_pool: str = "token",
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False, pretrain_img_size=None):
         super().__init__()
         self.embed_dim = embed_dim
         self.depth = depth
@@ -213,11 +216,13 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False,
                                       output_fmt="NHWC")
         self.grid_size = tuple(self.patch_embed.grid_size)
+        pos_size = to_2tuple(pretrain_img_size or img_size)
+        self.pos_grid = (pos_size[0] // patch_size, pos_size[1] // patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.num_prefix_tokens = 1 if class_token else 0
         if pos_embed not in ("learned", "sincos"):
             raise ValueError(f"unknown pos_embed {pos_embed!r}: expected 'learned' or 'sincos'")
-        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid_size, cls_token=True),
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.pos_grid, cls_token=True),
                                       requires_grad=pos_embed == "learned")
         drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
         global_blocks = set(global_blocks)
@@ -258,9 +263,9 @@ class VisionTransformer(nn.Module):
     # -- building blocks, also used by the MAE model ------------------------------------------------------------
     def pos_embed_for(self, grid: Tuple[int, int]) -> torch.Tensor:
         """The (1, 1 + h*w, D) table for a grid of patches, interpolated from the stored one when the size differs."""
-        if tuple(grid) == self.grid_size:
+        if tuple(grid) == self.pos_grid:
             return self.pos_embed
-        return interpolate_pos_embed(self.pos_embed, grid, self.grid_size, num_prefix_tokens=1)
+        return interpolate_pos_embed(self.pos_embed, grid, self.pos_grid, num_prefix_tokens=1)
 
     def embed_patches(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Images (B, C, H, W) -> patch tokens with position embedding (B, h*w, D), and the grid (h, w)."""

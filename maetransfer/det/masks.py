@@ -1,0 +1,78 @@
+"""Instance-mask geometry of detectron2 (structures/masks.py, layers/mask_ops.py): the 28x28 training targets of the
+mask head and the paste of predicted masks into the image.
+
+Training targets: a polygon instance is rasterised inside each proposal box (polygons shifted to the box corner and
+scaled to M x M, then pycocotools); a bitmask instance is cropped with RoIAlign (aligned=True, sampling adaptive) and
+thresholded at 0.5. Paste: each M x M probability map is resampled with `grid_sample` at the centres of the image
+pixels its (sub-pixel) box covers, then thresholded. torchvision instead pastes into the box rounded to whole pixels
+and padded by one pixel, which makes every mask about a pixel too large; no library does the sub-pixel version, so it
+is written here.
+"""
+import copy
+from typing import Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from ..data.instances import Polygons, polygons_to_bitmask
+
+
+def rasterize_polygons_within_box(polygons: Polygons, box: np.ndarray, mask_size: int) -> torch.Tensor:
+    """detectron2 `rasterize_polygons_within_box`: the (mask_size, mask_size) bool target of a polygon instance in
+    `box` (a float32 xyxy array; the same dtype arithmetic as detectron2 so the targets are identical)."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    polygons = copy.deepcopy(polygons)
+    for p in polygons:
+        p[0::2] = p[0::2] - box[0]
+        p[1::2] = p[1::2] - box[1]
+    ratio_h = mask_size / max(h, 0.1)  # max(): no division by a vanishing box
+    ratio_w = mask_size / max(w, 0.1)
+    for p in polygons:
+        if ratio_h == ratio_w:
+            p *= ratio_h
+        else:
+            p[0::2] *= ratio_w
+            p[1::2] *= ratio_h
+    return torch.from_numpy(polygons_to_bitmask(polygons, mask_size, mask_size))
+
+
+def mask_targets(masks, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """Bool (N, mask_size, mask_size) targets of N instances in N boxes (N, 4). `masks` is a list of N polygon
+    instances or an (N, H, W) bitmask tensor."""
+    if boxes.shape[0] == 0:
+        return torch.zeros((0, mask_size, mask_size), dtype=torch.bool, device=boxes.device)
+    if isinstance(masks, torch.Tensor):
+        rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+        crops = roi_align(masks.to(boxes.device, torch.float32)[:, None], rois.float(), (mask_size, mask_size),
+                          spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        return crops[:, 0] >= 0.5
+    boxes_np = boxes.detach().cpu().numpy()
+    return torch.stack([rasterize_polygons_within_box(p, b, mask_size) for p, b in zip(masks, boxes_np)]).to(
+        boxes.device)
+
+
+def paste_masks_in_image(masks: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int],
+                         threshold: float = 0.5) -> torch.Tensor:
+    """detectron2 `paste_masks_in_image`: (N, M, M) probabilities in (N, 4) boxes -> (N, H, W) bool masks of the
+    image. Each mask is sampled (bilinear, `grid_sample` with align_corners=False) at the centres of the pixels of
+    the smallest whole-pixel region around its box (+1 px), so only that region is computed."""
+    n = masks.shape[0]
+    h, w = image_size
+    out = torch.zeros((n, h, w), dtype=torch.bool, device=masks.device)
+    for i in range(n):
+        box = boxes[i:i + 1].float()
+        x0_int, y0_int = torch.clamp(box.min(dim=0).values.floor()[:2] - 1, min=0).to(torch.int32).tolist()
+        x1_int = int(torch.clamp(box[:, 2].max().ceil() + 1, max=w))
+        y1_int = int(torch.clamp(box[:, 3].max().ceil() + 1, max=h))
+        x0, y0, x1, y1 = torch.split(box, 1, dim=1)
+        img_y = torch.arange(y0_int, y1_int, device=box.device, dtype=torch.float32) + 0.5
+        img_x = torch.arange(x0_int, x1_int, device=box.device, dtype=torch.float32) + 0.5
+        img_y = (img_y - y0) / (y1 - y0) * 2 - 1
+        img_x = (img_x - x0) / (x1 - x0) * 2 - 1
+        grid = torch.stack([img_x[:, None, :].expand(1, img_y.size(1), img_x.size(1)),
+                            img_y[:, :, None].expand(1, img_y.size(1), img_x.size(1))], dim=3)
+        sampled = F.grid_sample(masks[i:i + 1, None].float(), grid, align_corners=False)
+        out[i, y0_int:y1_int, x0_int:x1_int] = sampled[0, 0] >= threshold
+    return out
