@@ -20,7 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _targets(batch, size, num_classes, generator):
+def _targets(batch, size, num_classes, generator, first_label):
+    """Random box-shaped instances as bitmasks; labels from `first_label` (torchvision counts the background as 0,
+    our detector as detectron2 puts it last)."""
     import torch
     targets = []
     for _ in range(batch):
@@ -31,7 +33,8 @@ def _targets(batch, size, num_classes, generator):
         masks = torch.zeros(n, size, size, dtype=torch.uint8)
         for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
             masks[i, y0:y1, x0:x1] = 1
-        targets.append({"boxes": boxes, "labels": torch.randint(1, num_classes + 1, (n,), generator=generator),
+        labels = torch.randint(first_label, num_classes + first_label, (n,), generator=generator)
+        targets.append({"boxes": boxes, "labels": labels,
                         "masks": masks})
     return targets
 
@@ -57,7 +60,8 @@ def measure(name, size, batch, iters, warmup, amp, device_name, queue):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     images = [(torch.rand(3, size, size, generator=g) * 255).to(device) for _ in range(batch)]
-    targets = [{k: v.to(device) for k, v in t.items()} for t in _targets(batch, size, num_classes, g)]
+    first_label = 1 if name == "torchvision_r50_fpn_v2" else 0
+    targets = [{k: v.to(device) for k, v in t.items()} for t in _targets(batch, size, num_classes, g, first_label)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
