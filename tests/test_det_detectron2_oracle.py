@@ -143,6 +143,18 @@ def test_training_losses_and_gradients_equal_detectron2(tmp_path):
                 assert (param.grad - expected).abs().max() <= tol * expected.abs().max() + 1e-9, (losses, name)
 
 
+def test_detections_equal_detectron2(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (pixels, _) in enumerate(render_scenes(4, 160, seed=5, max_shapes=5)):
+        # non-square sizes, shrunk and enlarged by the test resize
+        Image.fromarray(pixels[: 100 + 20 * i]).save(images / f"{i}.png")
+    summary = compare(["--images", str(images), "--vitdet-config", str(VITDET_CONFIG), "--config",
+                       "configs/det/demo.yaml", "--num-classes", "3", "train.init_checkpoint=",
+                       "model.detections_per_img=50"])
+    assert summary["reference"] >= 150 and summary["matched"] >= 0.99 * summary["reference"]
+    assert summary["score_close"] >= 0.99 * summary["reference"] and summary["mask_iou_median"] >= 0.95
+
 def test_a_checkpoint_written_by_detectron2_loads_bit_exact(tmp_path):
     """detectron2's own DetectionCheckpointer writes a freshly initialised ViTDet; `--eval-only`'s loader reads it
     into our detector with every tensor equal, and our export writes it back unchanged."""
