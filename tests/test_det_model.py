@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from maetransfer.config import load_config
-from maetransfer.det.masks import mask_targets, paste_masks_in_image, rasterize_polygons_within_box
+from maetransfer.det.masks import _sample_masks, mask_targets, paste_masks_in_image, rasterize_polygons_within_box
 from maetransfer.det.model import build_mask_rcnn, detection_loss
 from maetransfer.det.roi_heads import ROIHeads, ROIPooler
 from maetransfer.det.rpn import RPN, AnchorGenerator
@@ -232,6 +232,9 @@ def test_paste_samples_the_mask_at_the_pixel_centres_of_the_sub_pixel_box():
             expected = _bilinear_profile(np.ones(28), uy)[:, None] * _bilinear_profile(columns, ux)[None, :] >= 0.5
             pasted = paste_masks_in_image(mask, box, (48, 48))[0]
             assert np.array_equal(pasted.numpy(), expected)
+        # the GPU path samples every mask over the whole image: the same pixels
+        whole, _ = _sample_masks(mask, box, (48, 48), around_boxes=False)
+        assert torch.equal(whole >= 0.5, pasted[None])
         inside = (centres >= bx[0] + 0.5) & (centres <= bx[2] - 0.5)  # one pixel in from the edges: no corner cases
         rows = (centres >= bx[1] + 0.5) & (centres <= bx[3] - 0.5)
         assert pasted.numpy()[np.ix_(rows, inside & (centres < (bx[0] + bx[2]) / 2))].all()
