@@ -1,4 +1,4 @@
-"""COCO Mask R-CNN run: data (LSJ) + ViTDet-style detector on the shared engine, then COCOeval bbox/segm."""
+"""COCO Mask R-CNN run: data (LSJ) + the ViTDet detector on the shared engine, then COCOeval bbox/segm."""
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
