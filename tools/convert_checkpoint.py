@@ -18,7 +18,8 @@ from maetransfer.models import vit_size
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="checkpoint file or Hugging Face save_pretrained folder")
+    parser.add_argument("src", help="checkpoint file, Hugging Face save_pretrained folder, released name (python -m "
+                                    "maetransfer.zoo) or hub id")
     parser.add_argument("dst", help="output file (a folder for --to hf)")
     parser.add_argument("--to", required=True, choices=WRITE_FORMATS, help="output format")
     parser.add_argument("--unsafe-load", action="store_true",

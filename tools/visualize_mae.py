@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Reconstruct images with an MAE checkpoint that has a decoder and save the figure as PNG.
 
-  python tools/visualize_mae.py mae_visualize_vit_large.pth photo.jpg --out recon.png
+  python tools/visualize_mae.py mae_visualize_vit_large photo.jpg --out recon.png
   python tools/visualize_mae.py output/demo/pretrain/checkpoint.pth a.jpg b.jpg --mask-ratio 0.75
 
 Rows: original | masked | reconstruction | reconstruction with the visible patches pasted back.
@@ -24,7 +24,7 @@ from pretrain.visualize import save_reconstructions  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="file, HF folder, released name (python -m maetransfer.zoo) or hub id")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--out", default="mae_reconstruction.png")
     parser.add_argument("--mask-ratio", type=float, default=0.75)
