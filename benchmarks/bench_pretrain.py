@@ -4,11 +4,13 @@
   python benchmarks/bench_pretrain.py                      # CPU default: ViT-S/16 at 224, batch 8
   python benchmarks/bench_pretrain.py --arch vit_base --batch 64 --amp bf16   # on a GPU
 
-Prints training images/s (forward + backward + AdamW step) of our MAE and of Hugging Face ViTMAEForPreTraining
-(eager and SDPA attention) with identical weights and sizes; the speed-up of the visible-only encoder over the
-encoder that also processes mask tokens (paper Table 1(c)); and achieved model FLOP/s against a large matmul.
+Prints training images/s (forward + backward + AdamW step) of our MAE eager and under torch.compile (what
+train.compile=true runs; the compile time is printed apart) and of Hugging Face ViTMAEForPreTraining (eager and SDPA
+attention) with identical weights and sizes; the speed-up of the visible-only encoder over the encoder that also
+processes mask tokens (paper Table 1(c)); and achieved model FLOP/s against a large matmul.
 """
 import argparse
+import copy
 import statistics
 import time
 from contextlib import nullcontext
@@ -71,6 +73,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
@@ -80,9 +83,16 @@ def main():
     ours = build_mae(args.arch, img_size=args.img_size, norm_pix_loss=True).to(device)
     with_tokens = build_mae(args.arch, img_size=args.img_size, norm_pix_loss=True,
                             mask_tokens_in_encoder=True).to(device)
-    candidates = {"maetransfer MAE": make_step(ours, imgs, lambda m, x: m(x, 0.75)[0], amp_dtype),
-                  "maetransfer MAE, mask tokens in encoder": make_step(
-                      with_tokens, imgs, lambda m, x: m(x, 0.75)[0], amp_dtype)}
+    candidates = {"maetransfer MAE": make_step(ours, imgs, lambda m, x: m(x, 0.75)[0], amp_dtype)}
+    compile_s = None
+    if not args.skip_compile:
+        compiled = copy.deepcopy(ours)
+        compiled.compile()  # as train.compile=true: nn.Module.compile, inductor's default mode
+        candidates["maetransfer MAE, torch.compile"] = make_step(compiled, imgs, lambda m, x: m(x, 0.75)[0],
+                                                                 amp_dtype)
+        compile_s = timed(candidates["maetransfer MAE, torch.compile"], device)  # first call compiles
+    candidates["maetransfer MAE, mask tokens in encoder"] = make_step(with_tokens, imgs, lambda m, x: m(x, 0.75)[0],
+                                                                       amp_dtype)
     encoder_only = {
         "encoder visible-only": make_step(ours, imgs, lambda m, x: m.forward_encoder(x, 0.75)[0].float().mean(),
                                           amp_dtype),
@@ -112,9 +122,14 @@ def main():
     print(f"{'model':<42} {'images/s':>10} {'vs ours':>9}")
     for name in candidates:
         print(f"{name:<42} {args.batch / median[name]:>10.1f} {median[name] / median['maetransfer MAE']:>8.2f}x")
+    compiled_name = "maetransfer MAE, torch.compile"
     for name in candidates:
         if name.startswith("HF"):
-            print(f"speed-up of ours over {name}: {median[name] / median['maetransfer MAE']:.2f}x")
+            print(f"speed-up of ours over {name}: {median[name] / median['maetransfer MAE']:.2f}x"
+                  + (f" (compiled: {median[name] / median[compiled_name]:.2f}x)" if compile_s else ""))
+    if compile_s:
+        print(f"torch.compile: {median['maetransfer MAE'] / median[compiled_name]:.2f}x eager's speed, after "
+              f"{compile_s:.0f} s of compilation (first step)")
     print(f"visible-only encoder speed-up over encoder with mask tokens (fwd+bwd): "
           f"{median['encoder with mask tokens'] / median['encoder visible-only']:.2f}x (paper: ~3x in FLOPs)")
     print(f"whole training step speed-up, visible-only vs mask tokens in encoder: "

@@ -1,12 +1,14 @@
 """What every tool's command line shares: a config with dotted overrides, output dir, resume, evaluation of a
 checkpoint, and one-line errors for bad input."""
 import argparse
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Type
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data.images import ImageReadError
+from .engine import dist, progress
 
 # Bad input the user can fix: reported as one line naming the file, without a traceback.
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ConfigError, CheckpointError, ImageReadError, FileNotFoundError)
@@ -54,9 +56,20 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
 def run_transfer_tool(doc: str, demo_config: str, checkpoint_help: str, run: Callable, output_root: str,
                       errors: Tuple[Type[BaseException], ...] = (), argv: Optional[Sequence[str]] = None):
     """The main() of train_det / train_seg / train_cls: parse, default the output dir to <output_root>/<config
-    name>, then `run(cfg, eval_only=..., checkpoint=...)`; returns (resolved config, what run returned)."""
+    name>, then `run(cfg, eval_only=..., checkpoint=...)` with its stages announced in order; returns (resolved
+    config, what run returned)."""
+    from pretrain.demo import pretrains_demo_encoder  # here: pretrain imports this package
+
     parser = tool_parser(doc, demo_config, checkpoint_help)
     args, cfg = parse_config(parser, argv)
     cfg.train.output_dir = cfg.train.output_dir or f"{output_root}/{Path(args.config).stem}"
-    return cfg, run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint), errors)
+    stages = ["evaluate"] if args.eval_only else ["train", "evaluate"]
+    if not args.eval_only and pretrains_demo_encoder(cfg.train.init_checkpoint):
+        stages.insert(0, "pretrain")
+    start = time.time()
+    with progress.planned_stages(stages):
+        result = run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint), errors)
+    if dist.is_main_process():
+        print(f"finished in {progress.format_duration(time.time() - start)}; outputs in {cfg.train.output_dir}")
+    return cfg, result
 

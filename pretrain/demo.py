@@ -24,22 +24,31 @@ def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) 
     return folder
 
 
+def demo_encoder_path(root="output/demo") -> Path:
+    return Path(root) / "pretrain" / ENCODER_FILE
+
+
 def ensure_demo_encoder(root="output/demo", overrides=()) -> Path:
     """Path of the demo-pretrained encoder under `root`, pretraining it first (minutes on CPU) if it is missing."""
     root = Path(root)
-    encoder = root / "pretrain" / ENCODER_FILE
+    encoder = demo_encoder_path(root)
     if encoder.is_file():
         return encoder
     cfg = load_config(DEMO_CONFIG, [f"data.root={root / 'data' / 'pretrain'}",
                                     f"train.output_dir={root / 'pretrain'}", *overrides])
+    print(f"no demo encoder at {encoder} yet: pretraining it first on generated scenes (once; later runs reuse it)")
     write_demo_images(cfg.data.root, size=cfg.model.img_size)
-    print(f"pretraining the demo MAE encoder into {encoder} (first run only)")
     return run(cfg)
 
 
+def pretrains_demo_encoder(init_checkpoint: str) -> bool:
+    """Whether a transfer run with this `train.init_checkpoint` starts by pretraining the demo encoder."""
+    return init_checkpoint == DEMO_INIT and not demo_encoder_path().is_file()
+
+
 def resolve_init_checkpoint(path: str) -> str:
-    """`train.init_checkpoint` as a file path: 'demo' is the demo encoder, pretrained once by the main process while
-    the other processes wait."""
+    """`train.init_checkpoint` for the checkpoint reader: 'demo' becomes the demo encoder's path, pretrained once by
+    the main process while the other processes wait; anything else (a path, a released name) passes unchanged."""
     if path != DEMO_INIT:
         return path
     if dist.is_main_process():

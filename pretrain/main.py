@@ -7,11 +7,11 @@ from torchvision import transforms
 
 from maetransfer.checkpoint import load_into, read_checkpoint
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
-from maetransfer.engine import Trainer, atomic_save, seed_everything
+from maetransfer.engine import Trainer, atomic_save, setup_process
 from maetransfer.optim import param_groups
 
 from .models_mae import MaskedAutoencoderViT, build_mae
-from .visualize import save_reconstructions
+from .visualize import preview_indices, save_reconstructions
 
 ENCODER_FILE = "mae_pretrain_encoder.pth"
 
@@ -58,14 +58,14 @@ def run(cfg: DictConfig, output_dir=None) -> Path:
     """Pretrain as `cfg` says; returns the path of the exported encoder ({'model': encoder} official layout)."""
     output_dir = Path(output_dir or cfg.train.output_dir)
     dataset = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
-    seed_everything(int(cfg.train.seed))  # the same seed gives the same initial weights
+    setup_process(cfg.train)  # threads; the same seed gives the same initial weights
     model = build_model(cfg.model)
     if cfg.train.init_checkpoint:  # a resumed run's own checkpoint replaces these weights in trainer.fit()
         load_init(model, cfg.train.init_checkpoint, bool(cfg.train.unsafe_load))
     groups = param_groups(model, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
     mask_ratio = float(cfg.model.mask_ratio)
     preview = UnlabeledImages(cfg.data.root, eval_transform(cfg.model.img_size))
-    preview_imgs = torch.stack([preview[i] for i in range(min(cfg.data.num_preview, len(preview)))])
+    preview_imgs = [preview[i] for i in preview_indices(preview.files, int(cfg.data.num_preview))]
 
     def loss_fn(model, imgs, device):
         loss, _, _ = model(imgs.to(device, non_blocking=True), mask_ratio)
@@ -73,10 +73,11 @@ def run(cfg: DictConfig, output_dir=None) -> Path:
 
     def on_checkpoint(model: MaskedAutoencoderViT, out: Path):
         atomic_save({"model": model.encoder_state_dict()}, out / ENCODER_FILE)
-        device = next(model.parameters()).device
-        save_reconstructions(model, preview_imgs.to(device), out / "reconstructions" / f"epoch{trainer.epoch:04d}.png",
-                             mask_ratio)
+        if preview_imgs:  # one figure per checkpoint, named by the unit the run counts in
+            name = f"iter{trainer.iter:07d}" if trainer.by_iters else f"epoch{trainer.epoch:04d}"
+            save_reconstructions(model, torch.stack(preview_imgs).to(next(model.parameters()).device),
+                                 out / "reconstructions" / f"{name}.png", mask_ratio)
 
-    trainer = Trainer(cfg, model, groups, dataset, loss_fn, output_dir, on_checkpoint=on_checkpoint)
+    trainer = Trainer(cfg, model, groups, dataset, loss_fn, output_dir, on_checkpoint=on_checkpoint, stage="pretrain")
     trainer.fit()
     return output_dir / ENCODER_FILE

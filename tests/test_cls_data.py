@@ -110,7 +110,31 @@ def test_imagefolder_labels_follow_sorted_class_folders(tmp_path):
     cfg = _cfg("imagenet_vit_base.yaml", tmp_path, "data.num_classes=2")
     val = build_dataset(cfg.data, "val")
     assert val.classes == ["n01", "n02"] and val.targets.tolist() == [0, 1]
-    assert val.paths == ["n01/n01_0.JPEG", "n02/n02_0.JPEG"]
+    assert [val.path(i) for i in range(len(val))] == ["n01/n01_0.JPEG", "n02/n02_0.JPEG"]
+
+
+def test_places_lists_are_held_as_arrays_and_give_the_listed_samples(tmp_path):
+    """Paths, labels and line numbers live in numpy arrays (no Python object per image, so forked workers share
+    them); every index still yields the image and label of its line, non-ASCII folder names included."""
+    split = tmp_path / "trainvalsplit_places205"
+    split.mkdir()
+    rng = np.random.default_rng(0)
+    folders = ["a/abbey", "b/badlands", "c/caf\u00e9/int\u00e9rieur"]
+    lines = [(f"{folders[k]}/gsun_{i:04d}.jpg", int(k)) for i, k in enumerate(rng.integers(0, 3, 40))]
+    (split / "train_places205.csv").write_text("".join(f"{p} {k}\n" for p, k in lines), encoding="utf-8")
+    (split / "val_places205.csv").write_text(f"{lines[0][0]} {lines[0][1]}\n")
+    images = tmp_path / "data/vision/torralba/deeplearning/images256"
+    for i, (rel, _) in enumerate(lines):
+        _png(images / rel, value=5 * i)
+    cfg = _cfg("places205_vit_base.yaml", tmp_path, "data.num_classes=3")
+    train = build_dataset(cfg.data, "train", T.PILToTensor())
+    assert isinstance(train.paths, np.ndarray) and train.paths.dtype.kind == "S"
+    assert isinstance(train.entries, np.ndarray) and train.entries.dtype.kind == "i"
+    assert train.classes == ["abbey", "badlands", "caf\u00e9/int\u00e9rieur"]
+    for i, (rel, label) in enumerate(lines):
+        image, target = train[i]
+        assert train.path(i) == rel and target == label and int(image[0, 0, 0]) == 5 * i
+        assert train.where(i).endswith(f"train_places205.csv: line {i + 1}")
 
 
 # -- bad input: one line naming the file and the entry ----------------------------------------------------------------

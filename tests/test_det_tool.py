@@ -46,9 +46,15 @@ def test_train_then_eval_only_writes_standard_outputs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out
     assert "Per-category segm AP" in out
+    lines = out.splitlines()  # the job's stages in order, then the final figures once
+    assert lines.index(f"[1/2] training: 3 iterations of 2 images (1 epoch) into {run}") < lines.index(
+        "[2/2] evaluation: the final model on the validation set")
+    assert sum(line.startswith("bbox AP ") for line in lines) == 1
+    assert sum(line.startswith("finished in ") for line in lines) == 1
 
     again = tool.main(_args(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(run / "checkpoint.pth")))
     assert again == metrics  # the same weights from checkpoint.pth give the same detections
+    assert f"[1/1] evaluation: {run / 'checkpoint.pth'} on the validation set" in capsys.readouterr().out
     assert json.loads((tmp_path / "eval" / "coco_instances_results.json").read_text()) == results
 
 

@@ -96,6 +96,13 @@ def test_resume_is_exact_and_checkpoints_are_atomic(image_dir, tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
 
 
+def test_reconstructions_are_one_file_per_checkpoint_when_training_by_iterations(image_dir, tmp_path):
+    _pretrain([f"data.root={image_dir}", *TINY, "train.max_iters=6", "train.checkpoint_period=2",
+               "--output-dir", str(tmp_path)])
+    names = sorted(p.name for p in (tmp_path / "reconstructions").glob("*.png"))
+    assert names == ["iter0000002.png", "iter0000004.png", "iter0000006.png"]  # 4 iterations per epoch
+
+
 def test_corrupt_image_is_named_or_skipped(image_dir, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -149,11 +156,13 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_same_total_batch(tmp_
 
 def test_ddp_pretraining_runs_with_two_processes(image_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29732",
-                    "tools/pretrain.py", f"data.root={image_dir}", *TINY, "train.epochs=1",
-                    "--output-dir", str(tmp_path / "ddp")], cwd=ROOT, env=env, check=True, timeout=240)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port=29732", "tools/pretrain.py", f"data.root={image_dir}", *TINY,
+                          "train.epochs=1", "--output-dir", str(tmp_path / "ddp")],
+                         cwd=ROOT, env=env, check=True, timeout=240, capture_output=True, text=True)
     ckpt = torch.load(tmp_path / "ddp/checkpoint.pth", weights_only=True)
     assert ckpt["iter"] == 2  # 16 images / (2 processes x batch 4)
+    assert run.stdout.count("encoder written to") == 1  # once per job, not once per process
 
 
 class _RandomlyAugmented(torch.utils.data.Dataset):
@@ -243,3 +252,54 @@ def test_ema_of_the_weights_is_evaluated_saved_and_resumed(tmp_path):
     _, _, resumed = run(tmp_path / "split", 3, resume="auto")
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_progress_announces_planned_stages_and_counts_epochs(tmp_path, capsys):
+    """Stages come numbered in the planned order, the bar counts iterations of the whole stage and names the epoch
+    as 'epoch k/n', and the plan ends with its block."""
+    from maetransfer.engine import Trainer, progress
+
+    cfg = load_config(ROOT / "configs/train_defaults.yaml",
+                      ["train.batch_size=4", "train.epochs=2", "train.lr=0.1", "train.num_workers=0"])
+    model = torch.nn.Linear(4, 1)
+    with progress.planned_stages(["pretrain", "train", "evaluate"]):
+        Trainer(cfg, model, [{"params": list(model.parameters())}], _RandomlyAugmented(),
+                lambda m, batch, device: ((m(batch) ** 2).mean(), {}), str(tmp_path),
+                evaluate_fn=lambda m: {"score": 1.0}).fit()
+        progress.begin_stage("pretrain", "not in order, still numbered by the plan")
+    progress.begin_stage("train", "after the plan")
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert f"[2/3] training: 8 iterations of 4 images (2 epochs) into {tmp_path}" in lines
+    assert "[3/3] evaluation: the final model on the validation set" in lines
+    assert "[1/3] MAE pretraining: not in order, still numbered by the plan" in lines
+    assert "training: after the plan" in lines
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "8/8" in err
+    assert progress.format_duration(293) == "4 min 53 s" and progress.format_duration(3720) == "1 h 02 min"
+
+
+def test_setup_process_sets_threads_and_seeds_the_initial_weights():
+    """train.num_threads reaches torch (0 leaves torch's choice) and train.seed fixes the weights a run builds."""
+    from maetransfer.cls.model import build_classifier
+    from maetransfer.engine import setup_process
+
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    model_cfg = load_config(ROOT / "configs/cls/demo.yaml").model
+    try:
+        cfg = load_config(ROOT / "configs/train_defaults.yaml", [f"train.num_threads={other}", "train.seed=3"])
+        setup_process(cfg.train)
+        assert torch.get_num_threads() == other
+        first = build_classifier(model_cfg, 6, 32).state_dict()
+        torch.rand(5)  # whatever ran before, the next run starts from the seed
+        cfg.train.num_threads = 0
+        setup_process(cfg.train)
+        assert torch.get_num_threads() == other  # unchanged
+        second = build_classifier(model_cfg, 6, 32).state_dict()
+        cfg.train.seed = 4
+        setup_process(cfg.train)
+        third = build_classifier(model_cfg, 6, 32).state_dict()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["head.weight"], third["head.weight"])

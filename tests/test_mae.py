@@ -1,12 +1,14 @@
 """MAE model: official layout, masking, loss, position embeddings, samplers (hand-computed references)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from maetransfer.models.pos_embed import sincos_2d
 from pretrain.masking import block_mask, grid_keep, mask_noise
 from pretrain.models_mae import MaskedAutoencoderViT, mae_vit_base_patch16, patchify, unpatchify
+from pretrain.visualize import HEADER, PADDING, figure_layout, preview_indices
 
 
 def tiny_mae(**kw):
@@ -162,13 +164,34 @@ def test_visualize_tool_on_an_official_full_layout_file(tmp_path):
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
     main([str(tmp_path / "mae_full.pth"), str(tmp_path / "red.png"), str(tmp_path / "red.png"),
           "--out", str(tmp_path / "recon.png"), "--num-heads", "4", "--decoder-num-heads", "4"])
-    figure = Image.open(tmp_path / "recon.png")
-    assert figure.size == (4 * 32 + 5 * 2, 2 * 32 + 3 * 2)  # 4 panels per image, 2 images, 2 px padding
+    figure = Image.open(tmp_path / "recon.png").convert("RGB")
+    factor, tile = figure_layout(32)
+    assert factor == 6 and tile == 192  # 32 px panels enlarged 6x
+    assert figure.size == (4 * tile + 5 * PADDING, HEADER + 2 * tile + 3 * PADDING)  # 4 panels, 2 images
+    header = np.asarray(figure.crop((0, 0, figure.size[0], HEADER)).convert("L"))
+    for column in range(4):  # a label above every column
+        assert (header[:, PADDING + column * (tile + PADDING):(column + 1) * (tile + PADDING)] < 128).any()
     # panel 4 pastes the visible patches of the original back: 25% of the patches are exactly the input red
-    pasted = torch.tensor(list(figure.crop((2 + 3 * 34, 2, 2 + 3 * 34 + 32, 34)).getdata())).view(4, 8, 4, 8, 3)
-    is_red = (pasted == torch.tensor([200, 30, 30])).all(-1)  # (patch row, y, patch col, x)
+    left, top = PADDING + 3 * (tile + PADDING), HEADER + PADDING
+    panel = np.asarray(figure.crop((left, top, left + tile, top + tile)))[::factor, ::factor]  # back to 32 px
+    is_red = torch.from_numpy((panel == [200, 30, 30]).all(-1)).view(4, 8, 4, 8)  # (patch row, y, patch col, x)
     red_patches = is_red.permute(0, 2, 1, 3).reshape(16, 64).all(-1).sum()
     assert int(red_patches) == 4
+
+
+def test_preview_images_are_spread_over_the_classes():
+    from pathlib import Path
+
+    folder_tree = [Path(f"train/class{c:03d}/{i}.jpg") for c in range(100) for i in range(50)]
+    picked = preview_indices(folder_tree, 8)
+    assert len({folder_tree[i].parent for i in picked}) == 8  # not the first 8 images (all of class000)
+    assert picked[0] == 0 and picked[-1] == 99 * 50  # first and last class
+    few_classes = [Path(f"c{c}/{i}.jpg") for c in range(3) for i in range(10)]
+    picked = preview_indices(few_classes, 8)
+    assert len(set(picked)) == 8 and {few_classes[i].parent.name for i in picked} == {"c0", "c1", "c2"}
+    flat = [Path(f"scene_{i:05d}.jpg") for i in range(2000)]
+    assert preview_indices(flat, 5) == [0, 500, 1000, 1499, 1999]
+    assert preview_indices(flat[:3], 8) == [0, 1, 2]
 
 
 def test_pretraining_continues_from_a_hugging_face_vitmae_folder(tmp_path, capsys):

@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maetransfer.cli import parse_config, run_tool, tool_parser  # noqa: E402
+from maetransfer.engine import dist  # noqa: E402
 from pretrain.demo import DEMO_CONFIG, write_demo_images  # noqa: E402
 from pretrain.main import run  # noqa: E402
 
@@ -20,7 +21,8 @@ def main(argv=None):
     if Path(args.config).name == Path(DEMO_CONFIG).name and not Path(cfg.data.root).exists():
         write_demo_images(cfg.data.root, size=cfg.model.img_size)  # the demo's generated scenes, first run only
     encoder = run_tool(parser, lambda: run(cfg))
-    print(f"encoder written to {encoder} (official mae_pretrain_vit_*.pth layout)")
+    if dist.is_main_process():
+        print(f"encoder written to {encoder} (official mae_pretrain_vit_*.pth layout)")
 
 
 if __name__ == "__main__":

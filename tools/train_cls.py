@@ -3,10 +3,10 @@
 With no arguments: the CPU demo (the demo-pretrained encoder fine-tuned on generated scenes, a few minutes).
 
   python tools/train_cls.py --config configs/cls/inat2018_vit_base.yaml data.root=/data/inat2018 \\
-      train.init_checkpoint=mae_pretrain_vit_base.pth
+      train.init_checkpoint=mae_pretrain_vit_base
   torchrun --nproc_per_node 8 tools/train_cls.py --config configs/cls/imagenet_linprobe_vit_large.yaml ...
   python tools/train_cls.py --config configs/cls/imagenet_vit_base.yaml --eval-only \\
-      --checkpoint mae_finetuned_vit_base.pth data.root=/data/imagenet
+      --checkpoint mae_finetuned_vit_base data.root=/data/imagenet
 Writes config.yaml, checkpoint.pth, log.jsonl, tb/, metrics.json and per_class_accuracy.csv to the output folder
 (default output/cls/<config name>).
 """
@@ -22,7 +22,7 @@ from maetransfer.data.cls import DatasetError  # noqa: E402
 
 def main(argv=None) -> dict:
     return run_transfer_tool(__doc__, "configs/cls/demo.yaml", "classifier to evaluate (checkpoint.pth, "
-                             "mae_finetuned_vit_*.pth, ...)", run, "output/cls", (DatasetError,), argv)[1]
+                             "mae_finetuned_vit_*.pth, a released name)", run, "output/cls", (DatasetError,), argv)[1]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 COCO format, the demo-pretrained encoder, a few minutes on 2 cores).
 
   python tools/train_det.py --config configs/det/mask_rcnn_vit_base_coco.yaml data.root=/data/coco \\
-      train.init_checkpoint=checkpoints/mae_pretrain_vit_base.pth
+      train.init_checkpoint=mae_pretrain_vit_base
   torchrun --nproc_per_node 8 tools/train_det.py --config configs/det/mask_rcnn_vit_base_coco.yaml \\
       train.batch_size=2 train.accum_iter=4
   python tools/train_det.py --config configs/det/mask_rcnn_vit_base_coco.yaml --eval-only \\
@@ -21,7 +21,8 @@ from maetransfer.det.train import run  # noqa: E402
 
 def main(argv=None) -> dict:
     cfg, metrics = run_transfer_tool(__doc__, "configs/det/demo.yaml", "trained detector for --eval-only (this "
-                                     "tool's checkpoint.pth)", run, "output/det", (CocoFormatError,), argv)
+                                     "tool's checkpoint.pth, a ViTDet file, a released name)", run, "output/det",
+                                     (CocoFormatError,), argv)
     if metrics:
         print("  ".join(f"{t} AP {m['AP']:.1f} AP50 {m['AP50']:.1f}" for t, m in metrics.items())
               + f"  -> {Path(cfg.train.output_dir) / 'metrics.json'}")

@@ -3,7 +3,7 @@
 With no arguments: the CPU demo (the demo-pretrained encoder fine-tuned on generated scenes, a few minutes).
 
   torchrun --nproc_per_node 8 tools/train_seg.py --config configs/seg/upernet_vit_base_ade20k.yaml \\
-      data.root=/data/ADEChallengeData2016 train.init_checkpoint=mae_pretrain_vit_base.pth
+      data.root=/data/ADEChallengeData2016 train.init_checkpoint=mae_pretrain_vit_base
   python tools/train_seg.py --config configs/seg/upernet_vit_base_ade20k.yaml --eval-only \\
       --checkpoint output/seg/upernet_vit_base_ade20k/checkpoint.pth eval.multi_scale=true eval.flip=true
 Writes config.yaml, checkpoint.pth, log.jsonl, tb/, metrics.json (mIoU / mAcc / aAcc and per-class IoU / Acc) and
@@ -19,8 +19,8 @@ from maetransfer.seg.train import run  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    return run_transfer_tool(__doc__, "configs/seg/demo.yaml", "segmentor to evaluate (checkpoint.pth or an mmseg "
-                             "UperNet-MAE file)", run, "output/seg", (ValueError,), argv)[1]
+    return run_transfer_tool(__doc__, "configs/seg/demo.yaml", "segmentor to evaluate (checkpoint.pth, an mmseg "
+                             "UperNet-MAE file or released name)", run, "output/seg", (ValueError,), argv)[1]
 
 
 if __name__ == "__main__":

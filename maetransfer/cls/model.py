@@ -31,6 +31,11 @@ def build_classifier(model_cfg, num_classes: int, img_size: int) -> VisionTransf
         trunc_normal_(model.head.weight, std=0.01)
         model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6), model.head)
     set_trainable(model, mode, int(model_cfg.partial_blocks))
+    # Frozen blocks are a fixed feature extractor: no drop path there (the official linear probe builds its encoder
+    # without it); the blocks that train keep their rates.
+    for block in model.blocks:
+        if not any(p.requires_grad for p in block.parameters()):
+            block.drop_path1 = block.drop_path2 = nn.Identity()
     return model
 
 

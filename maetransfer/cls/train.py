@@ -11,7 +11,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
 from ..config import ConfigError
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
-from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
+from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
 from ..optim import param_groups
 from .evaluate import evaluate_classifier, format_summary, write_results
 from .model import build_classifier
@@ -84,8 +84,7 @@ def _mismatch_hint(state: dict, missing: list) -> str:
 def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
     """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json."""
     output_dir = Path(cfg.train.output_dir)
-    device = resolve_device(cfg.train.device)
-    dist.init_distributed(device.type)  # before anything is written, so that only rank 0 writes
+    device = setup_process(cfg.train)  # before anything is written, so that only rank 0 writes
     if cfg.data.demo and dist.is_main_process():
         ensure_demo_data(cfg.data.root, n_train=int(cfg.data.demo_train), n_val=int(cfg.data.demo_val),
                          size=int(cfg.data.input_size))

@@ -48,12 +48,14 @@ class LabeledImages(Dataset):
                  index_file: str, entry_kind: Optional[str] = None, entries: Optional[Sequence] = None,
                  transform=None):
         self.image_root = str(image_root)
-        self.paths = list(paths)
+        # numpy arrays, not Python lists: Places205's 2.45 M entries take 334 MB as str/int objects (152 MB as arrays),
+        # and forked loader workers copy those objects' pages as they touch reference counts; arrays stay shared.
+        self.paths = np.array([p.encode() for p in paths], dtype=np.bytes_)
         self.targets = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.index_file = str(index_file)
         self.entry_kind = entry_kind
-        self.entries = list(entries) if entries is not None else None
+        self.entries = np.asarray(entries) if entries is not None else None
         self.transform = transform
 
     @property
@@ -63,6 +65,10 @@ class LabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def path(self, i: int) -> str:
+        """Image path of sample `i`, relative to `image_root`."""
+        return self.paths[i].decode()
+
     def where(self, i: int) -> str:
         if self.entries is None:
             return self.index_file
@@ -70,7 +76,7 @@ class LabeledImages(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            image = read_rgb(os.path.join(self.image_root, self.paths[i]))
+            image = read_rgb(os.path.join(self.image_root, self.path(i)))
         except ImageReadError as exc:  # name the index entry that lists the bad file as well
             raise DatasetError(f"{self.where(i)}: {exc}") from None
         if self.transform is not None:

@@ -81,6 +81,12 @@ class MaskRCNN(nn.Module):
         self.pad_size = pad_size
         self.mask_threshold = mask_threshold
 
+    def compile(self, *args, **kwargs) -> None:
+        """`nn.Module.compile` of the backbone only (ViT + pyramid: one graph on the fixed padded square). The RPN
+        and RoI heads have data-dependent shapes (nonzero, sampling, NMS: 34 graph breaks in the demo detector) and
+        would recompile whenever the proposal counts change."""
+        self.backbone.compile(*args, **kwargs)
+
     def preprocess(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """Normalise, then zero-pad every image to the fixed `pad_size` square (detectron2 `square_pad`)."""
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from ..checkpoint import (CheckpointError, detector_state, is_detector, load_detector_into, load_into, parse_state,
                           read_raw, read_state, unwrap_state)
 from ..data.coco import CocoDetection, LargeScaleJitter, ResizeShortestEdge, collate_detection, write_demo_coco
-from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
+from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
@@ -60,8 +60,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     """Train and evaluate, or (eval_only) evaluate the detector in `checkpoint`; returns {'bbox': {...}, 'segm':
     {...}} on the main process, as written to <output_dir>/metrics.json."""
     output_dir = Path(cfg.train.output_dir)
-    device = resolve_device(cfg.train.device)
-    dist.init_distributed(device.type)
+    device = setup_process(cfg.train)
     if cfg.data.demo and dist.is_main_process():
         write_demo_coco(cfg.data.root, size=int(cfg.model.img_size))
     dist.barrier()

@@ -1,9 +1,10 @@
 """The training loop shared by pretraining, classification, detection and segmentation.
 
 One optimizer update is one "iteration": the lr schedule, logging, checkpoint and eval periods count updates.
-Resuming is exact: the sample order of an epoch depends only on (seed, epoch), every epoch reseeds the RNGs from
-(seed, epoch, rank), and a checkpoint also stores the RNG states and the position inside the epoch.
-(Mid-epoch resumes are exact with num_workers=0; with workers the augmentation streams restart at the epoch's seed.)
+Resuming is exact, also mid-epoch and with any num_workers: the sample order of an epoch depends only on (seed,
+epoch), each sample's augmentation is seeded from (seed, epoch, index) (`SeededSamples`), every epoch reseeds the
+training process's RNGs from (seed, epoch, rank), and a checkpoint also stores the RNG states and the position inside
+the epoch.
 """
 import json
 import math
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from ..config import save_config, to_dict
 from ..optim import base_lr, build_optimizer, lr_at
-from . import dist
+from . import dist, progress
 
 CHECKPOINT_NAME = "checkpoint.pth"
 EMA_NAME = "model_ema.pth"
@@ -62,6 +63,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def setup_process(train_cfg: DictConfig) -> torch.device:
+    """What every run does first: torch's CPU thread count (`num_threads`, 0 = torch's default), the random seed (so
+    that the same seed builds the same initial weights: new heads, random-init baselines), the device, and the
+    process group when started by torchrun. Returns the device."""
+    if int(train_cfg.num_threads) > 0:
+        torch.set_num_threads(int(train_cfg.num_threads))
+    seed_everything(int(train_cfg.seed))
+    device = resolve_device(train_cfg.device)
+    dist.init_distributed(device.type)
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -128,6 +141,7 @@ def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool],
     """--eval-only of every task: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate."""
     if not checkpoint:
         raise ValueError("--eval-only needs --checkpoint")
+    progress.begin_stage("evaluate", f"{checkpoint} on the validation set")
     load(model, checkpoint, bool(cfg.train.unsafe_load))
     model.to(device)
     if dist.is_main_process():
@@ -167,16 +181,17 @@ class Trainer:
 
     evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
     on_checkpoint(model, output_dir) runs on the main process after each checkpoint (e.g. export an encoder file).
+    stage: the `progress` stage that `fit` announces ('train', or 'pretrain' for MAE pretraining).
     """
 
     def __init__(self, cfg: DictConfig, model: nn.Module, param_groups: List[Dict], train_dataset: Dataset,
                  loss_fn: Callable, output_dir: Optional[str] = None, collate_fn: Optional[Callable] = None,
                  evaluate_fn: Optional[Callable] = None, on_checkpoint: Optional[Callable] = None,
-                 find_unused_parameters: bool = False):
+                 find_unused_parameters: bool = False, stage: str = "train"):
         self.cfg = cfg
+        self.stage = stage
         t = self.train_cfg = cfg.train
-        self.device = resolve_device(t.device)
-        dist.init_distributed(self.device.type)
+        self.device = setup_process(t)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.output_dir = Path(output_dir or t.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +214,12 @@ class Trainer:
         # Exponential moving average of the weights (timm), updated after every optimizer step and evaluated
         # instead of the raw weights; off (0) in every published MAE recipe.
         self.ema = ModelEmaV3(self.model_without_ddp, decay=float(t.ema_decay)) if t.ema_decay > 0 else None
+        if t.compile:
+            # nn.Module.compile works in place (after the EMA's deep copy): parameter names, checkpoints and DDP stay
+            # as they are, and evaluation runs compiled too. A model may compile only its part that has no graph
+            # breaks (MaskRCNN: its backbone). Under DDP the backward is one compiled graph, so gradients are
+            # all-reduced after it rather than overlapped with it.
+            self.model_without_ddp.compile(mode=None if t.compile is True else str(t.compile))
 
         self.sampler = EpochSampler(len(train_dataset), True, int(t.seed), self.rank, self.world_size)
         self.batches_per_epoch = self.sampler.per_rank // int(t.batch_size)
@@ -252,7 +273,8 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["model_ema"])
         self.epoch, self.iter, self.batch_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["batch_in_epoch"]
         self._resume_rng = ckpt["rng"]
-        print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
+        if dist.is_main_process():
+            print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
 
     def _maybe_resume(self) -> None:
         self._resume_rng = None
@@ -335,6 +357,13 @@ class Trainer:
         self.model.train()
         accum = int(t.accum_iter)
         start_time = time.time()
+        epochs = math.ceil(self.total_iters / self.iters_per_epoch)
+        progress.begin_stage(self.stage, f"{self.total_iters} iterations of {self.effective_batch} images ({epochs} "
+                             f"epoch{'s' * (epochs != 1)}) into {self.output_dir}"
+                             + (f", from iteration {self.iter}" if self.iter else ""))
+        # One bar for the whole stage, so that its time estimate is the stage's; the epoch is in its label.
+        bar = tqdm(total=self.total_iters, initial=self.iter, unit="it", disable=not dist.is_main_process(),
+                   dynamic_ncols=True)
         while self.iter < self.total_iters:
             if self._resume_rng is not None and self.batch_in_epoch > 0:
                 _set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
@@ -342,10 +371,9 @@ class Trainer:
                 seed_everything(int(t.seed) + 1000 * self.epoch + self.rank)
             self._resume_rng = None
             pending: Dict = {}
-            bar = tqdm(self._loader(), total=self.batches_per_epoch, initial=self.batch_in_epoch,
-                       desc=f"epoch {self.epoch}", disable=not dist.is_main_process(), dynamic_ncols=True)
+            bar.set_description(f"epoch {self.epoch + 1}/{epochs}")
             micro = 0
-            for batch in bar:
+            for batch in self._loader():
                 if self.batch_in_epoch >= self.iters_per_epoch * accum:
                     break  # leftover micro-batches that cannot fill an update
                 if micro % accum == 0:
@@ -359,7 +387,8 @@ class Trainer:
                 if self.iter % int(t.log_period) == 0 or self.iter == self.total_iters:
                     self.logger.log(self.iter, {"epoch": self.epoch, "lr": lr,
                                                 **{k: float(v) for k, v in pending.items()}})
-                bar.set_postfix(loss=f"{pending['loss']:.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{pending['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update()
                 pending = {}
                 if self._period_hit(int(t.checkpoint_period), epoch_end=False):
                     self.save_checkpoint()
@@ -367,7 +396,6 @@ class Trainer:
                     self.evaluate()
                 if self.iter >= self.total_iters:
                     break
-            bar.close()
             if self.batch_in_epoch >= self.iters_per_epoch * accum:
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -375,12 +403,16 @@ class Trainer:
                     self.save_checkpoint()
                 if self._period_hit(int(t.eval_period), epoch_end=True) and self.iter < self.total_iters:
                     self.evaluate()
+        bar.close()
         self.save_checkpoint()
         if self.ema is not None and dist.is_main_process():  # the evaluated weights, loadable by --eval-only
             atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
-        metrics = self.evaluate()
         if dist.is_main_process():
-            print(f"training done: {self.iter} iterations in {time.time() - start_time:.0f} s; "
-                  f"checkpoint {self.checkpoint_path()}")
+            print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
+                  f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
+        if self.evaluate_fn is not None:
+            weights = "EMA of the weights" if self.ema else "model"
+            progress.begin_stage("evaluate", f"the final {weights} on the validation set")
+        metrics = self.evaluate()
         self.logger.close()
         return metrics

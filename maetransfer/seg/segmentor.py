@@ -32,7 +32,8 @@ def pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     """mmseg `acc_seg`: top-1 accuracy (%) over labelled pixels, logits resized to the labels."""
     pred = resize(logits.detach(), labels.shape[-2:]).argmax(1)
     keep = labels != ignore_index
-    return (pred[keep] == labels[keep]).float().mean() * 100 if keep.any() else logits.new_zeros(())
+    # Counts instead of boolean indexing: no data-dependent shape, so torch.compile keeps one graph (0 without labels)
+    return ((pred == labels) & keep).sum() / keep.sum().clamp(min=1) * 100.0
 
 
 class EncoderDecoder(nn.Module):

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
-from ..engine import Trainer, dist, evaluate_checkpoint, resolve_device
+from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
 from ..optim import param_groups
 from .evaluate import evaluate_segmentation
 from .metric import format_table
@@ -62,8 +62,7 @@ def write_metrics(metrics: Dict, names: List[str], output_dir: Path) -> None:
 def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
     """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json."""
     output_dir = Path(cfg.train.output_dir)
-    device = resolve_device(cfg.train.device)
-    dist.init_distributed(device.type)
+    device = setup_process(cfg.train)
     if cfg.data.demo and dist.is_main_process() and not (Path(cfg.data.root) / "images").is_dir():
         write_demo_ade20k(cfg.data.root, int(cfg.data.demo_train), int(cfg.data.demo_val), int(cfg.data.demo_size),
                           seed=int(cfg.train.seed))
