@@ -5,13 +5,13 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Type
 
-from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
-from .data.images import ImageReadError
+from .errors import InputError
 from .engine import dist, progress
 
 # Bad input the user can fix: reported as one line naming the file, without a traceback.
-INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ConfigError, CheckpointError, ImageReadError, FileNotFoundError)
+# Every such error derives from InputError; FileNotFoundError comes from the standard library.
+INPUT_ERRORS: Tuple[Type[BaseException], ...] = (InputError, FileNotFoundError)
 
 
 def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = None) -> argparse.ArgumentParser:

@@ -8,10 +8,12 @@ from typing import Iterable, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from .errors import InputError
+
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config file or override is wrong; the message is one line naming the file or the key."""
 
 

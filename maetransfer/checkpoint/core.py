@@ -4,10 +4,12 @@ from typing import Dict, Tuple
 
 import torch
 
+from ..errors import InputError
+
 StateDict = Dict[str, torch.Tensor]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A checkpoint cannot be read or does not fit the model; the message is one line naming the file."""
 
 

@@ -23,13 +23,14 @@ from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ..errors import InputError
 from .demo import SHAPES, render_scenes
 from .images import ImageReadError, read_annotation_json, read_rgb
 
 FORMATS = ("imagefolder", "inat", "places")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """Bad dataset input; the message is one line naming the file and the entry."""
 
 

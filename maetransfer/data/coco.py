@@ -23,12 +23,13 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision.io import ImageReadMode, decode_image
 
+from ..errors import InputError
 from .demo import SHAPES, render_scenes
 from .images import read_annotation_json
 from .instances import Polygons, bitmask_boxes, nearest_indices, polygon_boxes, polygons_to_bitmask, resize_image
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(InputError, ValueError):
     """An annotation file is not usable; the message is one line naming the file."""
 
 

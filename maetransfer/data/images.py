@@ -8,11 +8,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(InputError, RuntimeError):
     """An image file is missing, truncated or not an image."""
 
 
