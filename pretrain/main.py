@@ -78,6 +78,7 @@ def run(cfg: DictConfig, output_dir=None) -> Path:
             save_reconstructions(model, torch.stack(preview_imgs).to(next(model.parameters()).device),
                                  out / "reconstructions" / f"{name}.png", mask_ratio)
 
-    trainer = Trainer(cfg, model, groups, dataset, loss_fn, output_dir, on_checkpoint=on_checkpoint, stage="pretrain")
+    trainer = Trainer(cfg, model, groups, dataset, loss_fn, output_dir, on_checkpoint=on_checkpoint, stage="pretrain",
+                      data_name=str(cfg.data.root))
     trainer.fit()
     return output_dir / ENCODER_FILE

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from maetransfer.config import ConfigError, load_config
 from maetransfer.data.images import ImageReadError, UnlabeledImages
@@ -21,15 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=32", "model.decoder_embed_dim=32",
         "model.decoder_depth=1", "model.decoder_num_heads=4", "train.batch_size=4", "train.num_workers=0",
         "train.log_period=1", "train.warmup_epochs=1", "train.amp=none", "data.num_preview=2"]
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def test_config_base_overrides_and_unknown_keys(tmp_path):

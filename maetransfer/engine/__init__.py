@@ -1,3 +1,3 @@
 from . import dist
-from .trainer import (CHECKPOINT_NAME, EpochSampler, Trainer, atomic_save, evaluate_checkpoint, resolve_device,
-                      seed_everything, setup_process)
+from .trainer import (CHECKPOINT_NAME, EpochSampler, Trainer, TrainingError, atomic_save, evaluate_checkpoint,
+                      remove_stale_temporaries, resolve_device, seed_everything, setup_process)

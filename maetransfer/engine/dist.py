@@ -1,18 +1,21 @@
 """torch.distributed set-up from torchrun's environment (single process when it is absent)."""
 import os
+from datetime import timedelta
 from typing import Any, List
 
 import torch
 import torch.distributed as dist
 
 
-def init_distributed(device_type: str = "cpu") -> None:
-    """Join the process group that torchrun describes (RANK / WORLD_SIZE / MASTER_ADDR); no-op otherwise."""
+def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) -> None:
+    """Join the process group that torchrun describes (RANK / WORLD_SIZE / MASTER_ADDR); no-op otherwise.
+    timeout_minutes (train.dist_timeout): how long joining, and later a collective, waits for the other processes
+    before failing, instead of hanging on a process that died or never started."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
 
 
 def is_dist() -> bool:

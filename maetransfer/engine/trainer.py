@@ -3,14 +3,22 @@
 One optimizer update is one "iteration": the lr schedule, logging, checkpoint and eval periods count updates.
 Resuming is exact, also mid-epoch and with any num_workers: the sample order of an epoch depends only on (seed,
 epoch), each sample's augmentation is seeded from (seed, epoch, index) (`SeededSamples`), every epoch reseeds the
-training process's RNGs from (seed, epoch, rank), and a checkpoint also stores the RNG states and the position inside
-the epoch.
+training process's RNGs from (seed, epoch, rank), and a checkpoint also stores every process's RNG states and the
+position inside the epoch.
+
+Bad input is found before anything is written into the output dir: a training set too small for one update, a
+`train.resume` file that is missing, corrupt, unsafe to unpickle or of another model raise `TrainingError` (one
+line naming the file); so does a non-finite loss, naming the checkpoint that really exists.
 """
 import json
 import math
 import os
+import pickle
 import random
+import re
+import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -24,12 +32,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from ..config import save_config, to_dict
+from ..config import ConfigError, save_config, to_dict
+from ..errors import InputError
 from ..optim import base_lr, build_optimizer, lr_at
 from . import dist, progress
 
 CHECKPOINT_NAME = "checkpoint.pth"
 EMA_NAME = "model_ema.pth"
+# What a resumable checkpoint of this engine holds besides optional EMA weights and the config.
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "iter", "batch_in_epoch", "rng")
+
+
+class TrainingError(InputError):
+    """A run cannot start or go on because of its input: the resume file, the training set, or a diverging loss."""
 
 
 class EpochSampler(Sampler):
@@ -68,12 +83,19 @@ def resolve_device(name: str) -> torch.device:
 def setup_process(train_cfg: DictConfig) -> torch.device:
     """What every run does first: torch's CPU thread count (`num_threads`, 0 = torch's default), the random seed (so
     that the same seed builds the same initial weights: new heads, random-init baselines), the device, and the
-    process group when started by torchrun. Returns the device."""
+    process group when started by torchrun (waiting `dist_timeout` minutes for the others). Returns the device."""
     if int(train_cfg.num_threads) > 0:
         torch.set_num_threads(int(train_cfg.num_threads))
+    if train_cfg.dist_timeout <= 0:
+        raise ConfigError(f"train.dist_timeout={train_cfg.dist_timeout}: must be a positive number of minutes")
     seed_everything(int(train_cfg.seed))
     device = resolve_device(train_cfg.device)
-    dist.init_distributed(device.type)
+    try:
+        dist.init_distributed(device.type, timeout_minutes=float(train_cfg.dist_timeout))
+    except (torch.distributed.DistStoreError, torch.distributed.DistNetworkError) as exc:
+        address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        raise TrainingError(f"joining the process group at {address} failed within train.dist_timeout="
+                            f"{train_cfg.dist_timeout} minutes: {' '.join(str(exc).split())[:200]}") from None
     return device
 
 
@@ -136,6 +158,76 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# atomic_save's temporary file of a checkpoint (.pth): `.<name>.tmp<pid of the writer>`
+_TEMPORARY_CHECKPOINT = re.compile(r"\.(.+\.pth)\.tmp(\d+)")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> List[Path]:
+    """Delete the temporary checkpoint files that a killed run left in `folder` (each as large as a checkpoint):
+    those whose writer no longer runs, or whose pid is this process's own (a pid reused after a restart, e.g. in a
+    container; this process has not written yet). A live process's file is kept: it may still be writing it."""
+    removed = []
+    for path in sorted(folder.glob(".*.pth.tmp*")):
+        match = _TEMPORARY_CHECKPOINT.fullmatch(path.name)
+        if match and (int(match[2]) == os.getpid() or not _process_alive(int(match[2]))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _drop_records_after(log: Path, last_iter: int) -> None:
+    """Rewrite `log` (atomically) without the records past `last_iter`, which a resumed run writes again."""
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill in mid-write
+        if record.get("iter", 0) <= last_iter:
+            kept.append(line + "\n")
+    tmp = log.with_name(f".{log.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log)
+
+
+def _names(keys: List[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _state_mismatch(saved: Dict, expected: Dict) -> str:
+    """How a saved state dict differs from a model's, in a few words ('' when names and shapes agree)."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    reshaped = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
+    parts = [f"it lacks {_names(missing)}"] if missing else []
+    parts += [f"it has {_names(unexpected)}, which this model lacks"] if unexpected else []
+    if reshaped:
+        key = reshaped[0]
+        parts.append(f"{key} is {tuple(saved[key].shape)} in the file but {tuple(expected[key].shape)} in this model"
+                     + (f", and {len(reshaped) - 1} more tensors differ in shape" if len(reshaped) > 1 else ""))
+    return "; ".join(parts)
+
+
+def _dataset_name(dataset: Dataset) -> str:
+    """Where a dataset comes from, for messages: the folder or index/annotation file the data readers keep."""
+    for attribute in ("root", "index_file", "ann_file"):
+        if getattr(dataset, attribute, None):
+            return str(getattr(dataset, attribute))
+    return "the training set"
+
+
 def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool], None], checkpoint: Optional[str],
                         cfg: DictConfig, device: torch.device, evaluate_fn: Callable[[nn.Module], Dict]) -> Dict:
     """--eval-only of every task: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate."""
@@ -152,12 +244,15 @@ def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool],
 class MetricLogger:
     """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only."""
 
-    def __init__(self, output_dir: Path, purge_step: Optional[int] = None):
+    def __init__(self, output_dir: Path, resumed_iter: int = 0):
+        """resumed_iter: the iteration the run starts from (0 when fresh); the records after it, written before the
+        run was stopped (or by an earlier run that this one overwrites), are removed from both logs."""
         self.enabled = dist.is_main_process()
         if self.enabled:
             from torch.utils.tensorboard import SummaryWriter
+            _drop_records_after(output_dir / "log.jsonl", resumed_iter)
             self.jsonl = open(output_dir / "log.jsonl", "a")
-            self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=purge_step)
+            self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=resumed_iter + 1)
 
     def log(self, step: int, record: Dict) -> None:
         if not self.enabled:
@@ -182,21 +277,32 @@ class Trainer:
     evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
     on_checkpoint(model, output_dir) runs on the main process after each checkpoint (e.g. export an encoder file).
     stage: the `progress` stage that `fit` announces ('train', or 'pretrain' for MAE pretraining).
+    data_name: the training data in messages (default: the dataset's folder or index file).
+
+    The training set's size and the `train.resume` checkpoint are checked, and the checkpoint is loaded, before
+    anything is written into the output dir.
     """
 
     def __init__(self, cfg: DictConfig, model: nn.Module, param_groups: List[Dict], train_dataset: Dataset,
                  loss_fn: Callable, output_dir: Optional[str] = None, collate_fn: Optional[Callable] = None,
                  evaluate_fn: Optional[Callable] = None, on_checkpoint: Optional[Callable] = None,
-                 find_unused_parameters: bool = False, stage: str = "train"):
+                 find_unused_parameters: bool = False, stage: str = "train", data_name: Optional[str] = None):
         self.cfg = cfg
         self.stage = stage
         t = self.train_cfg = cfg.train
         self.device = setup_process(t)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.output_dir = Path(output_dir or t.output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if dist.is_main_process():
-            save_config(cfg, self.output_dir / "config.yaml")
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        self.sampler = EpochSampler(len(train_dataset), True, int(t.seed), self.rank, self.world_size)
+        self.batches_per_epoch = self.sampler.per_rank // int(t.batch_size)
+        if self.batches_per_epoch < t.accum_iter:
+            per_update = int(t.batch_size) * int(t.accum_iter) * self.world_size
+            raise TrainingError(
+                f"{data_name or _dataset_name(train_dataset)}: the training set has {len(train_dataset)} samples, "
+                f"too few for one update of batch_size {t.batch_size} x accum_iter {t.accum_iter} x "
+                f"{self.world_size} process{'es' * (self.world_size != 1)} = {per_update} samples")
         self.loss_fn, self.evaluate_fn, self.on_checkpoint = loss_fn, evaluate_fn, on_checkpoint
         self.collate_fn = collate_fn
         self.dataset = SeededSamples(train_dataset, int(t.seed))
@@ -208,8 +314,6 @@ class Trainer:
                                                  else None, find_unused_parameters=find_unused_parameters)
         self.optimizer = build_optimizer(t, param_groups)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
-        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         # Exponential moving average of the weights (timm), updated after every optimizer step and evaluated
         # instead of the raw weights; off (0) in every published MAE recipe.
@@ -221,11 +325,6 @@ class Trainer:
             # all-reduced after it rather than overlapped with it.
             self.model_without_ddp.compile(mode=None if t.compile is True else str(t.compile))
 
-        self.sampler = EpochSampler(len(train_dataset), True, int(t.seed), self.rank, self.world_size)
-        self.batches_per_epoch = self.sampler.per_rank // int(t.batch_size)
-        if self.batches_per_epoch < t.accum_iter:
-            raise ValueError(f"the training set has {len(train_dataset)} samples: too few for batch_size "
-                             f"{t.batch_size} x accum_iter {t.accum_iter} x {self.world_size} processes")
         self.iters_per_epoch = self.batches_per_epoch // int(t.accum_iter)
         self.by_iters = int(t.max_iters) > 0
         self.total_iters = int(t.max_iters) if self.by_iters else int(t.epochs) * self.iters_per_epoch
@@ -233,50 +332,90 @@ class Trainer:
         self.peak_lr = base_lr(t, self.effective_batch)
         self.epoch, self.iter, self.batch_in_epoch = 0, 0, 0
         self.metrics: Dict = {}
+        self.last_checkpoint: Optional[tuple] = None  # (path, iteration) of the newest checkpoint of this run
+        self._maybe_resume()
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main_process():
+            for path in remove_stale_temporaries(self.output_dir):
+                print(f"removed {path}, a temporary checkpoint file left by a stopped run")
+            save_config(cfg, self.output_dir / "config.yaml")
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_path(self) -> Path:
         return self.output_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self) -> None:
+        rng = dist.all_gather_object(_rng_state())  # every process's own: each draws its own dropout and masks
         if dist.is_main_process():
             atomic_save({"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
-                         "batch_in_epoch": self.batch_in_epoch, "rng": _rng_state(),
+                         "batch_in_epoch": self.batch_in_epoch, "rng": rng,
                          "config": to_dict(self.cfg),
                          **({"model_ema": self.ema.module.state_dict()} if self.ema else {})},
                         self.checkpoint_path())
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.model_without_ddp, self.output_dir)
         dist.barrier()
+        self.last_checkpoint = (self.checkpoint_path(), self.iter)
+
+    def _read_checkpoint(self, path: Path) -> Dict:
+        """The checkpoint at `path`, or TrainingError saying in one line why it cannot be resumed from."""
+        if not path.exists():
+            raise TrainingError(f"{path}: cannot resume: no such file (train.resume)")
+        if not path.is_file():
+            raise TrainingError(f"{path}: cannot resume: a folder, not a checkpoint file (train.resume)")
+        try:
+            with warnings.catch_warnings():  # e.g. about the pickle protocol: lines on top of the one-line report
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # A checkpoint of this engine holds only tensors and plain data: anything else is never unpickled
+            # (it could run code), whatever --unsafe-load says.
+            raise TrainingError(f"{path}: cannot resume: it holds Python objects that weights_only loading refuses "
+                                f"to unpickle, so it is no checkpoint of this engine") from None
+        except Exception as exc:
+            raise TrainingError(f"{path}: cannot resume: corrupt or not a PyTorch file ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:160]})") from None
+        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
+        if missing or not (isinstance(ckpt["model"], dict) and all(map(torch.is_tensor, ckpt["model"].values()))):
+            raise TrainingError(f"{path}: cannot resume: not a training checkpoint of this engine (no "
+                                f"{_names(missing or ['model weights'])}); to start from its weights use "
+                                f"train.init_checkpoint")
+        return ckpt
 
     def resume(self, path) -> None:
+        """Continue the run that wrote `path`: weights, optimizer, EMA, position and every process's RNGs."""
         path = Path(path)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise RuntimeError(f"{path}: cannot resume from this file ({type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:200]})") from None
-        if not isinstance(ckpt, dict) or "optimizer" not in ckpt or "iter" not in ckpt:
-            raise RuntimeError(f"{path}: not a training checkpoint of this engine (no optimizer/iter state); "
-                               "use train.init_checkpoint to start from weights")
+        ckpt = self._read_checkpoint(path)
+        mismatch = _state_mismatch(ckpt["model"], self.model_without_ddp.state_dict())
+        if mismatch:
+            raise TrainingError(f"{path}: cannot resume: its weights are another model's: {mismatch}")
+        if self.ema is not None and "model_ema" not in ckpt:
+            raise TrainingError(f"{path}: cannot resume: it has no EMA weights (its run had train.ema_decay=0)")
         try:
             self.model_without_ddp.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise RuntimeError(f"{path}: checkpoint does not match this model ({first})") from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None:
-            if "model_ema" not in ckpt:
-                raise RuntimeError(f"{path}: has no EMA weights (the run was started with train.ema_decay=0)")
-            self.ema.module.load_state_dict(ckpt["model_ema"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(ckpt["model_ema"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(f"{path}: cannot resume: its optimizer or weights do not fit this run ({first})") \
+                from None
         self.epoch, self.iter, self.batch_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["batch_in_epoch"]
-        self._resume_rng = ckpt["rng"]
+        rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # older files: one process's state
+        self._resume_rng = rng[self.rank] if len(rng) == self.world_size else None
+        self.last_checkpoint = (path, self.iter)
         if dist.is_main_process():
             print(f"resumed from {path} at epoch {self.epoch}, iteration {self.iter}")
+            if len(rng) != self.world_size:
+                print(f"warning: {path} was written by {len(rng)} process(es) and this run has {self.world_size}: "
+                      f"the RNGs are reseeded from (seed, epoch, rank), so the resumed run is not bit-exact with "
+                      f"an uninterrupted one", file=sys.stderr)
 
     def _maybe_resume(self) -> None:
+        """Resume as train.resume says; 'auto' starts afresh when the output dir has no checkpoint."""
         self._resume_rng = None
         target = self.train_cfg.resume
         if target == "auto":
@@ -327,13 +466,14 @@ class Trainer:
         sync = nullcontext() if last_micro or self.world_size == 1 else self.model.no_sync()
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with sync:
-            with autocast:
-                loss, logs = self.loss_fn(self.model, batch, self.device)
+            try:
+                with autocast:
+                    loss, logs = self.loss_fn(self.model, batch, self.device)
+            except FloatingPointError as exc:  # a loss_fn that detects divergence itself (detection: its proposals)
+                raise self._diverged(str(exc)) from None
             value = loss.item()
             if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"loss is {value} at iteration {self.iter} (epoch {self.epoch}); training stopped, the last "
-                    f"checkpoint in {self.output_dir} is kept (try train.amp=bf16 or a lower lr)")
+                raise self._diverged(f"loss is {value}")
             self.scaler.scale(loss / accum).backward()
         pending["loss"] = pending.get("loss", 0.0) + value / accum
         for k, v in logs.items():
@@ -350,20 +490,45 @@ class Trainer:
             self.ema.update(self.model_without_ddp)
         return True
 
+    def _diverged(self, what: str) -> TrainingError:
+        """The error that stops a diverging run, naming the update (counted from 1, as in log.jsonl) and the
+        checkpoint that really exists."""
+        if self.last_checkpoint is None:
+            kept = "no checkpoint was written"
+        else:
+            kept = f"the last checkpoint is {self.last_checkpoint[0]} (iteration {self.last_checkpoint[1]})"
+        return TrainingError(f"{what} at iteration {self.iter + 1} (epoch {self.epoch + 1}); training stopped, {kept} "
+                             f"(try train.amp=bf16 or a lower lr)")
+
     def fit(self) -> Dict:
-        t = self.train_cfg
-        self._maybe_resume()
-        self.logger = MetricLogger(self.output_dir, purge_step=self.iter or None)
+        # A fresh run (also train.overwrite=true over an old one) starts its logs empty; a resumed one cuts them back
+        self.logger = MetricLogger(self.output_dir, resumed_iter=self.iter)
         self.model.train()
-        accum = int(t.accum_iter)
         start_time = time.time()
         epochs = math.ceil(self.total_iters / self.iters_per_epoch)
         progress.begin_stage(self.stage, f"{self.total_iters} iterations of {self.effective_batch} images ({epochs} "
                              f"epoch{'s' * (epochs != 1)}) into {self.output_dir}"
                              + (f", from iteration {self.iter}" if self.iter else ""))
         # One bar for the whole stage, so that its time estimate is the stage's; the epoch is in its label.
-        bar = tqdm(total=self.total_iters, initial=self.iter, unit="it", disable=not dist.is_main_process(),
-                   dynamic_ncols=True)
+        with tqdm(total=self.total_iters, initial=self.iter, unit="it", disable=not dist.is_main_process(),
+                  dynamic_ncols=True) as bar:  # closed also when a step fails: the error gets a line of its own
+            self._train_loop(bar, epochs)
+        self.save_checkpoint()
+        if self.ema is not None and dist.is_main_process():  # the evaluated weights, loadable by --eval-only
+            atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
+        if dist.is_main_process():
+            print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
+                  f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
+        if self.evaluate_fn is not None:
+            weights = "EMA of the weights" if self.ema else "model"
+            progress.begin_stage("evaluate", f"the final {weights} on the validation set")
+        metrics = self.evaluate()
+        self.logger.close()
+        return metrics
+
+    def _train_loop(self, bar: tqdm, epochs: int) -> None:
+        t = self.train_cfg
+        accum = int(t.accum_iter)
         while self.iter < self.total_iters:
             if self._resume_rng is not None and self.batch_in_epoch > 0:
                 _set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
@@ -403,16 +568,3 @@ class Trainer:
                     self.save_checkpoint()
                 if self._period_hit(int(t.eval_period), epoch_end=True) and self.iter < self.total_iters:
                     self.evaluate()
-        bar.close()
-        self.save_checkpoint()
-        if self.ema is not None and dist.is_main_process():  # the evaluated weights, loadable by --eval-only
-            atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
-        if dist.is_main_process():
-            print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
-                  f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
-        if self.evaluate_fn is not None:
-            weights = "EMA of the weights" if self.ema else "model"
-            progress.begin_stage("evaluate", f"the final {weights} on the validation set")
-        metrics = self.evaluate()
-        self.logger.close()
-        return metrics
