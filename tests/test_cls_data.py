@@ -146,7 +146,15 @@ def _places_cfg(tmp_path, train_lines: str):
 def test_missing_image_names_list_file_line_and_path(tmp_path):
     cfg = _places_cfg(tmp_path, "/a/airfield/1.jpg 0\n/a/airfield/2.jpg 1\n")
     _png(tmp_path / "data_256/a/airfield/1.jpg")
+    with pytest.raises(FileNotFoundError) as err:  # checked when the dataset is built
+        build_dataset(cfg.data, "train")
+    msg = str(err.value)
+    assert "\n" not in msg and "places365_train_standard.txt: line 2" in msg
+    assert "data_256/a/airfield/2.jpg" in msg and "not found" in msg
+
+    _png(tmp_path / "data_256/a/airfield/2.jpg")
     ds = build_dataset(cfg.data, "train")
+    (tmp_path / "data_256/a/airfield/2.jpg").unlink()  # gone after the check: named when read
     with pytest.raises(DatasetError) as err:
         ds[1]
     msg = str(err.value)

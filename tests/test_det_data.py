@@ -265,7 +265,14 @@ def test_bad_json_and_missing_image_errors_name_the_file(tmp_path):
         load_coco_json(tmp_path / "nothere.json")
 
     ann_file = make_tiny_coco(tmp_path / "noimg", with_images=False)
-    ds = CocoDetection(tmp_path / "noimg" / "imgs", ann_file)
+    with pytest.raises(FileNotFoundError, match="instances_tiny.json: 3 of the 3 images used are missing, first "
+                                                ".*imgs/a.png") as err:
+        CocoDetection(tmp_path / "noimg" / "imgs", ann_file)  # checked when the dataset is built
+    assert "\n" not in str(err.value)
+
+    ann_file = make_tiny_coco(tmp_path / "gone")
+    ds = CocoDetection(tmp_path / "gone" / "imgs", ann_file)
+    (tmp_path / "gone" / "imgs" / "a.png").unlink()  # removed after the check: still one line when read
     with pytest.raises(FileNotFoundError, match="a.png: image file not found") as err:
-        ds[0]
+        ds[ds.ids.index(10)]
     assert "\n" not in str(err.value)

@@ -40,7 +40,8 @@ def test_bad_label_value_names_the_file(tmp_path):
 def test_missing_annotation_names_the_file(tmp_path):
     _write(tmp_path, "training", "ok", np.array([[1, 2]]))
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "images" / "training" / "lonely.jpg")
-    with pytest.raises(FileNotFoundError, match=r"lonely\.jpg: annotation .*lonely\.png is missing"):
+    with pytest.raises(FileNotFoundError, match=r"training: 1 of the 2 images in .*training have no label PNG, "
+                                                r"first lonely\.jpg \(expected lonely\.png\)"):
         ADE20KDataset(tmp_path, "training")
 
 

@@ -11,6 +11,7 @@ until normalisation as in mmseg (cv2 resizes uint8 images). Resizing uses torch'
 sample exactly where cv2's INTER_LINEAR / INTER_NEAREST do; cv2's fixed-point rounding can differ by one grey level.
 Random draws use numpy's global generator, which the training engine seeds per epoch, rank and worker.
 """
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+
+from .images import DatasetError, ImageReadError, MissingFileError
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -49,20 +52,26 @@ def read_image(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im).convert("RGB")
             return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: image file not found") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
 
 
 def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_index: int = 255) -> torch.Tensor:
     """uint8 (H, W) label map, checked and reduced: raw values must be 0..num_classes (reduce_zero_label) or
-    0..num_classes-1 / ignore_index."""
+    0..num_classes-1 / ignore_index. A 16-bit, RGB or unreadable PNG and a value out of range raise DatasetError
+    naming the file."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise ValueError(f"{path}: label PNG must be single-channel 8-bit (mode L or P), got mode {im.mode}")
-            raw = np.asarray(im).copy()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read label ({' '.join(str(exc).split())})") from None
+            mode = im.mode
+            raw = np.asarray(im).copy() if mode in ("L", "P") else None
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: label file not found") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"{path}: cannot read label ({' '.join(str(exc).split())})") from None
+    if raw is None:
+        raise DatasetError(f"{path}: label PNG must be single-channel 8-bit (mode L or P), got mode {mode}")
     if reduce_zero_label:
         bad = raw > num_classes
         allowed = f"0..{num_classes}"
@@ -70,7 +79,8 @@ def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_ind
         bad = (raw >= num_classes) & (raw != ignore_index)
         allowed = f"0..{num_classes - 1} or {ignore_index}"
     if bad.any():
-        raise ValueError(f"{path}: label value {int(raw[bad][0])} is outside {allowed}")
+        raise DatasetError(f"{path}: label value {int(raw[bad][0])} is outside {allowed} "
+                           f"({int(bad.sum())} pixels)")
     label = torch.from_numpy(raw)
     if reduce_zero_label:
         # mmseg LoadAnnotations: 0 -> 255, then k -> k - 1 (uint8 arithmetic), 254 -> 255
@@ -78,11 +88,20 @@ def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_ind
     return label
 
 
+def _files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
+    return {name[:-len(suffix)]: name for name in os.listdir(folder) if name.endswith(suffix)}
+
+
 class ADE20KDataset(Dataset):
     """`root/images/<split>/*.jpg` with `root/annotations/<split>/*.png` of the same stem.
 
     Returns {'image': uint8 (3, H, W), 'label': int64 (H, W), 'name': stem} passed through `transform` when given.
-    Every image must have its annotation; a missing one is reported at construction, naming the file.
+
+    Checked when built, each failure one line naming the folder or file: both folders exist and hold images, every
+    image has its label PNG and every label PNG its image (one listing per folder), and the first pair is read in
+    full (a dataset converted wrongly as a whole, with RGB or 16-bit labels, other values or sizes, fails here).
+    Every other label is checked when it is read: 8-bit single channel, values in range, the size of its image.
+    Reading all 20k ADE20K label headers up front would take 1.4 s (4 s with the image headers) on a warm cache.
     """
 
     def __init__(self, root, split: str, num_classes: int = 150, reduce_zero_label: bool = True,
@@ -91,31 +110,42 @@ class ADE20KDataset(Dataset):
         img_dir, ann_dir = self.root / "images" / split, self.root / "annotations" / split
         for d in (img_dir, ann_dir):
             if not d.is_dir():
-                raise FileNotFoundError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
-                                        f"images/{split}/*.jpg + annotations/{split}/*.png)")
-        images = sorted(img_dir.glob("*.jpg"))
+                raise MissingFileError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
+                                       f"images/{split}/*.jpg + annotations/{split}/*.png)")
+        images, labels = _files_by_stem(img_dir, ".jpg"), _files_by_stem(ann_dir, ".png")
         if not images:
-            raise FileNotFoundError(f"{img_dir}: no .jpg images")
-        self.samples: List[Tuple[Path, Path]] = []
-        for img in images:
-            ann = ann_dir / f"{img.stem}.png"
-            if not ann.is_file():
-                raise FileNotFoundError(f"{img}: annotation {ann} is missing")
-            self.samples.append((img, ann))
+            others = sorted(os.listdir(img_dir))
+            content = f"it holds {len(others)} other files, e.g. {others[0]}" if others else "it is empty"
+            raise DatasetError(f"{img_dir}: no .jpg images ({content})")
+        unlabelled = sorted(set(images) - set(labels))
+        if unlabelled:
+            raise MissingFileError(f"{ann_dir}: {len(unlabelled)} of the {len(images)} images in {img_dir} have no "
+                                   f"label PNG, first {images[unlabelled[0]]} (expected {unlabelled[0]}.png)")
+        orphans = sorted(set(labels) - set(images))
+        if orphans:
+            raise MissingFileError(f"{img_dir}: {len(orphans)} label PNGs in {ann_dir} have no image, first "
+                                   f"{labels[orphans[0]]} (expected {orphans[0]}.jpg)")
+        self.samples: List[Tuple[Path, Path]] = [(img_dir / name, ann_dir / labels[name[:-len(".jpg")]])
+                                                 for name in sorted(images.values())]
         self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
         self.ignore_index, self.transform = ignore_index, transform
+        self.read(0)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Dict:
+    def read(self, index: int) -> Dict:
+        """Sample `index` before the transform, checked."""
         img_path, ann_path = self.samples[index]
         image = read_image(img_path)
         label = read_label(ann_path, self.num_classes, self.reduce_zero_label, self.ignore_index)
         if tuple(image.shape[1:]) != tuple(label.shape):
-            raise ValueError(f"{ann_path}: label size {tuple(label.shape)} differs from image size "
-                             f"{tuple(image.shape[1:])} of {img_path.name}")
-        sample = {"image": image, "label": label.long(), "name": img_path.stem}
+            raise DatasetError(f"{ann_path}: label size {tuple(label.shape)} differs from image size "
+                               f"{tuple(image.shape[1:])} of {img_path.name}")
+        return {"image": image, "label": label.long(), "name": img_path.stem}
+
+    def __getitem__(self, index: int) -> Dict:
+        sample = self.read(index)
         return self.transform(sample) if self.transform is not None else sample
 
 

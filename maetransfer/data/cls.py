@@ -9,7 +9,8 @@ Formats (paths in the index files are relative to an image folder, itself relati
              Places205 (`trainvalsplit_places205/{train,val}_places205.csv`; images in
              data/vision/torralba/deeplearning/images256/).
   imagefolder  one sub-folder per class (ImageNet `train/`, `val/`), read with torchvision's folder scanner.
-Bad input raises DatasetError with one line naming the file and the entry.
+Bad input raises DatasetError (MissingFileError for absent files) with one line naming the file and the entry; the
+files an index lists are checked to exist when the dataset is built.
 """
 import json
 import os
@@ -23,15 +24,10 @@ from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from ..errors import InputError
 from .demo import SHAPES, render_scenes
-from .images import ImageReadError, read_annotation_json, read_rgb
+from .images import DatasetError, ImageReadError, MissingFileError, find_missing, read_annotation_json, read_rgb
 
 FORMATS = ("imagefolder", "inat", "places")
-
-
-class DatasetError(InputError, ValueError):
-    """Bad dataset input; the message is one line naming the file and the entry."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -42,12 +38,14 @@ class LabeledImages(Dataset):
     """(image, label) pairs: image paths relative to `image_root`, integer labels in [0, len(classes)).
 
     `index_file` and `entries` name where each sample was listed (a line number or an image id) so that a missing or
-    corrupt image is reported against the entry of the index file that refers to it.
+    corrupt image is reported against the entry of the index file that refers to it. With `check_files` every
+    listed image must exist when the dataset is built (one directory listing per folder: a 100k-entry list takes
+    about 0.1 s); the first missing one is reported with its entry and the count of missing files.
     """
 
     def __init__(self, image_root: str, paths: Sequence[str], labels: Sequence[int], classes: List[str],
                  index_file: str, entry_kind: Optional[str] = None, entries: Optional[Sequence] = None,
-                 transform=None):
+                 transform=None, check_files: bool = True):
         self.image_root = str(image_root)
         # numpy arrays, not Python lists: Places205's 2.45 M entries take 334 MB as str/int objects (152 MB as arrays),
         # and forked loader workers copy those objects' pages as they touch reference counts; arrays stay shared.
@@ -58,6 +56,13 @@ class LabeledImages(Dataset):
         self.entry_kind = entry_kind
         self.entries = np.asarray(entries) if entries is not None else None
         self.transform = transform
+        if not paths:
+            raise DatasetError(f"{self.index_file}: lists no images")
+        if check_files:
+            missing, first = find_missing(self.image_root, paths)
+            if missing:
+                raise MissingFileError(f"{self.where(first)}: image {os.path.join(self.image_root, paths[first])} "
+                                       f"not found ({missing} of the {len(paths)} listed images are missing)")
 
     @property
     def num_classes(self) -> int:
@@ -199,15 +204,21 @@ def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=No
     """A folder with one sub-folder of images per class (torchvision ImageFolder layout, e.g. ImageNet)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DatasetError(f"{folder}: image folder not found")
+        raise MissingFileError(f"{folder}: image folder not found")
     try:
         classes, class_to_idx = find_classes(folder)
+    except FileNotFoundError:
+        raise DatasetError(f"{folder}: no class sub-folders (the ImageFolder layout has one folder of images per "
+                           "class)") from None
+    try:
         samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as exc:  # no class folders, or a class folder without images
+    except FileNotFoundError as exc:  # a class folder without images
         raise DatasetError(f"{folder}: {_one_line(exc)}") from None
     _check_num_classes(len(classes), num_classes, str(folder))
     paths = [os.path.relpath(p, folder) for p, _ in samples]
-    return LabeledImages(str(folder), paths, [c for _, c in samples], classes, str(folder), transform=transform)
+    # The scan found these files: no second check.
+    return LabeledImages(str(folder), paths, [c for _, c in samples], classes, str(folder), transform=transform,
+                         check_files=False)
 
 
 # -- from the config -----------------------------------------------------------------------------------------------

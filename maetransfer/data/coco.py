@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from ..errors import InputError
 from .demo import SHAPES, render_scenes
-from .images import read_annotation_json
+from .images import MissingFileError, find_missing, print_warning, read_annotation_json
 from .instances import Polygons, bitmask_boxes, nearest_indices, polygon_boxes, polygons_to_bitmask, resize_image
 
 
@@ -81,14 +81,62 @@ def annotation_to_rle(segm, height: int, width: int) -> Optional[dict]:
     return None
 
 
+# Why a non-crowd annotation gives no training instance (CocoDetection.load_target skips it).
+MALFORMED_BOX = "bbox is not 4 numbers"
+EMPTY_BOX = "box width or height <= 0"
+NO_SEGMENTATION = "no segmentation"
+NO_POLYGON = "no polygon of 3 or more points"
+MALFORMED_SEGMENTATION = "segmentation neither a polygon list nor an RLE of the image's size"
+
+
+def drop_reason(ann: dict, height: int, width: int) -> Optional[str]:
+    """Why the non-crowd annotation `ann` of a height x width image is not used as a training instance; None when it
+    is. Polygon lists keep detectron2's rule (polygons of fewer than 3 points are ignored, an instance left without
+    one is dropped); a box of zero or negative size is dropped; a box that is not 4 numbers and an RLE of another
+    size than its image, which would stop the run later, are dropped. Only structural checks, fast enough for COCO's
+    860k annotations: the coordinates themselves are read when the image is loaded."""
+    bbox = ann["bbox"]
+    try:
+        x, y, w, h = bbox
+        x, y = x + 0.0, y + 0.0  # fails for anything but numbers, as load_target's box arithmetic would
+        if w <= 0 or h <= 0:
+            return EMPTY_BOX
+    except (TypeError, ValueError):
+        return MALFORMED_BOX
+    segm = ann.get("segmentation")
+    if type(segm) is list:
+        for polygon in segm:
+            if type(polygon) is not list:
+                return MALFORMED_SEGMENTATION
+        for polygon in segm:
+            if len(polygon) >= 6 and len(polygon) % 2 == 0:
+                return None
+        return NO_POLYGON
+    if type(segm) is dict:
+        usable = isinstance(segm.get("counts"), (list, str)) and segm.get("size") == [height, width]
+        return None if usable else MALFORMED_SEGMENTATION
+    return NO_SEGMENTATION if segm is None else MALFORMED_SEGMENTATION
+
+
+def box_outside(bbox: Sequence[float], height: int, width: int) -> bool:
+    """Whether an (x, y, w, h) box lies wholly outside its image (one crossing the border is normal in COCO)."""
+    x, y, w, h = bbox
+    return x >= width or y >= height or x + w <= 0 or y + h <= 0
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Images and instance targets of one COCO split.
 
     Crowd annotations never become training targets (COCOeval handles them at evaluation time, as in detectron2);
+    annotations that give no instance (`drop_reason`) are counted per reason and reported in one warning line.
     `filter_empty` drops images without a usable non-crowd instance (detectron2's default for training); evaluation
     keeps every image. Category ids map to contiguous labels 0..K-1 in sorted id order (detectron2's contiguous ids);
     `category_ids[label]` maps back. `transforms(image, target)` runs on (3, H, W) uint8 and the target dict
     (`LargeScaleJitter` for training, `ResizeShortestEdge` for test).
+
+    Checked when built: the split lists images (and, with `filter_empty`, some image keeps an instance), and every
+    image it uses exists under `image_dir` (one directory listing, not a stat per file); each failure is one
+    CocoFormatError / MissingFileError line naming the json.
     """
 
     def __init__(self, image_dir, ann_file, transforms=None, filter_empty: bool = False):
@@ -99,10 +147,63 @@ class CocoDetection(torch.utils.data.Dataset):
         self.category_ids = sorted(self.coco.cats)
         self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.label_of = {cat_id: i for i, cat_id in enumerate(self.category_ids)}
+        if not self.coco.imgs:
+            raise CocoFormatError(f"{self.ann_file}: lists no images")
+        with_instances = self._count_annotations()
         ids = sorted(self.coco.imgs)
         if filter_empty:
-            ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[i])]
+            ids = [i for i in ids if i in with_instances]
+            if not ids:
+                raise CocoFormatError(f"{self.ann_file}: no training image left: {self._why_no_instance()}, and "
+                                      "filter_empty (data.filter_empty) leaves out images without a usable instance")
+        if self.dropped or self.outside:
+            print_warning(f"{self.ann_file}: {self._annotation_problems()}")
         self.ids = ids
+        self._check_images_exist()
+
+    def _count_annotations(self) -> set:
+        """Count the non-crowd annotations that give no instance, per reason, and the boxes wholly outside their
+        image; returns the ids of images with a usable instance."""
+        self.non_crowd, self.outside = 0, 0
+        self.dropped: Dict[str, int] = {}
+        with_instances = set()
+        for ann in self.coco.anns.values():
+            if ann.get("iscrowd", 0):
+                continue
+            self.non_crowd += 1
+            info = self.coco.imgs[ann["image_id"]]
+            reason = drop_reason(ann, info["height"], info["width"])
+            if reason is None:
+                with_instances.add(ann["image_id"])
+                self.outside += box_outside(ann["bbox"], info["height"], info["width"])
+            else:
+                self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        return with_instances
+
+    def _annotation_problems(self) -> str:
+        parts = []
+        if self.dropped:
+            counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.dropped.items()))
+            parts.append(f"{sum(self.dropped.values())} of {self.non_crowd} non-crowd annotations give no training "
+                         f"instance ({counts})")
+        if self.outside:
+            parts.append(f"{self.outside} boxes lie wholly outside their image (kept: training boxes come from the "
+                         "masks)")
+        return "; ".join(parts)
+
+    def _why_no_instance(self) -> str:
+        if not self.coco.anns:
+            return "it has no annotations"
+        if not self.non_crowd:
+            return f"its {len(self.coco.anns)} annotations are all crowd regions"
+        return self._annotation_problems()
+
+    def _check_images_exist(self) -> None:
+        names = [str(self.coco.imgs[i]["file_name"]) for i in self.ids]
+        missing, first = find_missing(self.image_dir, names)
+        if missing:
+            raise MissingFileError(f"{self.ann_file}: {missing} of the {len(names)} images used are missing, "
+                                   f"first {self.image_dir / names[first]}")
 
     @property
     def num_classes(self) -> int:
@@ -115,7 +216,7 @@ class CocoDetection(torch.utils.data.Dataset):
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found (listed in {self.ann_file})")
+            raise MissingFileError(f"{path}: image file not found (listed in {self.ann_file})")
         try:
             # EXIF orientation applied, as detectron2 reads images.
             image = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
@@ -131,13 +232,15 @@ class CocoDetection(torch.utils.data.Dataset):
         h, w = info["height"], info["width"]
         boxes, labels, segms = [], [], []
         for ann in self.coco.imgToAnns[image_id]:
-            if ann.get("iscrowd", 0):
+            if ann.get("iscrowd", 0) or drop_reason(ann, h, w) is not None:
                 continue
-            segm = ann.get("segmentation")
-            instance = valid_polygons(segm) or annotation_to_rle(segm, h, w)  # polygons, an RLE or None
+            segm = ann["segmentation"]
+            try:
+                instance = valid_polygons(segm) if isinstance(segm, list) else annotation_to_rle(segm, h, w)
+            except (TypeError, ValueError):  # e.g. a polygon holding strings or nested lists
+                raise CocoFormatError(f"{self.ann_file}: annotation id {ann['id']} (image {info['file_name']}) has "
+                                      "a polygon that is not a list of numbers") from None
             x, y, bw, bh = ann["bbox"]
-            if instance is None or bw <= 0 or bh <= 0:
-                continue
             boxes.append([x, y, x + bw, y + bh])
             labels.append(self.label_of[ann["category_id"]])
             segms.append(instance)

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from ..checkpoint import (CheckpointError, detector_state, is_detector, load_detector_into, load_into, parse_state,
                           read_raw, read_state, unwrap_state)
-from ..data.coco import CocoDetection, LargeScaleJitter, ResizeShortestEdge, collate_detection, write_demo_coco
+from ..data.coco import CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection, write_demo_coco
 from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
@@ -29,7 +29,7 @@ def build_datasets(cfg: DictConfig, eval_only: bool = False):
     lsj = LargeScaleJitter(size, tuple(d.scale_range), float(d.flip_prob))
     train_set = CocoDetection(*coco_split(d, d.train_split), transforms=lsj, filter_empty=bool(d.filter_empty))
     if train_set.category_ids != val_set.category_ids:
-        raise ValueError(f"{train_set.ann_file} and {val_set.ann_file} list different categories")
+        raise CocoFormatError(f"{train_set.ann_file} and {val_set.ann_file} list different categories")
     return train_set, val_set
 
 

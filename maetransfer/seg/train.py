@@ -8,6 +8,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
+from ..config import ConfigError
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
 from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
 from ..optim import param_groups
@@ -29,7 +30,7 @@ class SegLoss:
 def class_names(cfg: DictConfig) -> List[str]:
     names = list(cfg.data.class_names) if cfg.data.class_names else list(ADE20K_CLASSES)
     if len(names) != int(cfg.model.num_classes):
-        raise ValueError(f"data.class_names has {len(names)} names but model.num_classes is {cfg.model.num_classes}")
+        raise ConfigError(f"data.class_names has {len(names)} names but model.num_classes is {cfg.model.num_classes}")
     return names
 
 
