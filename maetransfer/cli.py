@@ -1,13 +1,18 @@
 """What every tool's command line shares: a config with dotted overrides, output dir, resume, evaluation of a
-checkpoint, and one-line errors for bad input."""
+checkpoint, and one-line errors for bad input. The output folder is checked before anything is written: it must be a
+writable folder, and one that holds another run's checkpoint is not trained into unless that run is resumed."""
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Type
 
+import torch
+from omegaconf import DictConfig
+
 from .config import ConfigError, load_config
 from .errors import InputError
-from .engine import dist, progress
+from .engine import CHECKPOINT_NAME, dist, progress
 
 # Bad input the user can fix: reported as one line naming the file, without a traceback.
 # Every such error derives from InputError; FileNotFoundError comes from the standard library.
@@ -44,13 +49,112 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
         parser.exit(2, f"error: {exc}\n")
 
 
+class OutputPathError(InputError, OSError):
+    """An output path that cannot be written: a file where a folder is needed, or no permission."""
+
+
+def _write_problem(path: Path) -> Optional[str]:
+    """Why nothing can be written at folder `path` (it, or its nearest existing parent, is a file or not writable),
+    or None."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = ("a file" if not existing.is_dir() else
+               "not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if problem is None or existing == path:
+        return problem and f"is {problem}"
+    return f"cannot be created: {existing} is {problem}"
+
+
+def check_writable_folder(path, what: str) -> None:
+    """OutputPathError (one line naming `what` and `path`) unless `path` is, or can be created as, a writable folder;
+    checked up front so that a run does not fail at its first checkpoint."""
+    problem = _write_problem(Path(path))
+    if problem:
+        raise OutputPathError(f"{what} {path} {problem}")
+
+
+def check_writable_file(path, what: str) -> None:
+    """As check_writable_folder, for a file to be written at `path`."""
+    path = Path(path)
+    if path.is_dir():
+        problem = "is a folder"
+    elif path.exists():
+        problem = None if os.access(path, os.W_OK) else "is not writable"
+    else:
+        problem = _write_problem(path.parent)
+        problem = problem and f"cannot be written: its folder {path.parent} {problem}"
+    if problem:
+        raise OutputPathError(f"{what} {path} {problem}")
+
+
+def _run_description(checkpoint: Path) -> str:
+    try:  # mmap: only the few scalars are read, whatever the size of the weights
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        return f"{checkpoint.name} at iteration {int(state['iter'])}"
+    except Exception:  # an unreadable checkpoint is still another run's file
+        return checkpoint.name
+
+
+def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Optional[str] = None) -> None:
+    """Before anything is written to train.output_dir: it must be a writable folder; a training run does not
+    overwrite another run's checkpoint (and config, log) unless it resumes it or train.overwrite is set; --eval-only
+    into a folder that holds a training run writes its config and results to the folder's eval/ instead. The output
+    folder of `demo_config` itself is the demo's: running the demo again starts it over there."""
+    out = Path(cfg.train.output_dir)
+    check_writable_folder(out, "output folder")
+    checkpoint = out / CHECKPOINT_NAME
+    if eval_only:
+        if checkpoint.is_file() or (out / "log.jsonl").is_file():
+            cfg.train.output_dir = str(out / "eval")
+            if dist.is_main_process():
+                print(f"{out} holds a training run: the evaluation writes to {cfg.train.output_dir}")
+        return
+    resume = cfg.train.resume
+    resumes_it = resume == "auto" or (resume and Path(resume).resolve() == checkpoint.resolve())
+    demos_own = demo_config is not None and out.resolve() == Path(load_config(demo_config).train.output_dir).resolve()
+    if checkpoint.is_file() and not resumes_it and not cfg.train.overwrite and not demos_own:
+        raise ConfigError(f"{out} holds a run ({_run_description(checkpoint)}): resume it with --resume auto, choose "
+                          "another --output-dir, or pass train.overwrite=true to start over there")
+
+
+def check_demo_data(cfg: DictConfig, demo_config: str) -> None:
+    """data.demo=true generates the demo set, and only into the demo's own folder: a config derived from a demo config
+    with its own data.root must not have generated scenes written into (or over) that folder."""
+    demo_root = load_config(demo_config).data.root
+    if cfg.data.demo and Path(cfg.data.root).resolve() != Path(demo_root).resolve():
+        raise ConfigError(f"data.demo=true generates the demo set into {demo_root} only, but data.root is "
+                          f"{cfg.data.root}: pass data.demo=false to use the data there")
+
+
+def prepare_output(parser: argparse.ArgumentParser, checks: Callable[[], None]) -> None:
+    """Run the up-front `checks`; a problem ends the program with one line and exit 2, as a command-line error."""
+    try:
+        checks()
+    except InputError as exc:
+        parser.exit(2, f"error: {exc}\n")
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original message of an exception that torch re-raised from a DataLoader worker ('Caught X in DataLoader
+    worker process N.' + the worker's traceback, whose last line is 'module.X: message'); other messages as they are."""
+    message = str(exc)
+    if not message.startswith(f"Caught {type(exc).__name__} in DataLoader worker process"):
+        return message
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    _, found, original = message.rpartition(f"\n{name}: ")
+    return original.strip() if found else message
+
+
 def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
              errors: Tuple[Type[BaseException], ...] = ()):
-    """Run `fn`; bad input ends the program with one line (exit 1) instead of a traceback."""
+    """Run `fn`; bad input ends the program with one line (exit 1) instead of a traceback, the same line whether it
+    was raised in the main process or in a DataLoader worker."""
     try:
         return fn()
     except (*INPUT_ERRORS, *errors) as exc:
-        parser.exit(1, f"error: {exc}\n")
+        parser.exit(1, f"error: {_worker_message(exc)}\n")
 
 
 def run_transfer_tool(doc: str, demo_config: str, checkpoint_help: str, run: Callable, output_root: str,
@@ -63,6 +167,7 @@ def run_transfer_tool(doc: str, demo_config: str, checkpoint_help: str, run: Cal
     parser = tool_parser(doc, demo_config, checkpoint_help)
     args, cfg = parse_config(parser, argv)
     cfg.train.output_dir = cfg.train.output_dir or f"{output_root}/{Path(args.config).stem}"
+    prepare_output(parser, lambda: (check_demo_data(cfg, demo_config), check_output_dir(cfg, args.eval_only, demo_config)))
     stages = ["evaluate"] if args.eval_only else ["train", "evaluate"]
     if not args.eval_only and pretrains_demo_encoder(cfg.train.init_checkpoint):
         stages.insert(0, "pretrain")

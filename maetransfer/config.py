@@ -1,9 +1,12 @@
 """YAML configs: a file may name a `_base_` file (relative path) that it overrides; the command line then overrides
 with dotted `key=value` pairs. Keys are strict: an override of a key the config does not have is an error (a typo
-must not silently train with the default). Only a new top-level section may be introduced by a derived file."""
+must not silently train with the default). Only a new top-level section may be introduced by a derived file. Values
+are typed by their defaults: an override of the wrong type is an error when the command line is parsed, not a crash
+deep inside a run."""
+import json
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -29,7 +32,105 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _merge_strict(base: DictConfig, override: DictConfig, source: str) -> DictConfig:
+# A value's type: a tuple of the accepted kinds, each int, float, bool, str, None or ("list", item type); an empty item
+# type () means a list of anything.
+ValueType = Tuple[Any, ...]
+NUMBER: ValueType = (float,)
+# Keys whose default does not show their type: a null default means "unset / derived", and a few keys take two types.
+# The default's own type covers every other key. Dotted paths; a task that lacks the key never looks it up.
+DECLARED_TYPES: Dict[str, ValueType] = {
+    "train.lr": (float, None),                    # null: blr * effective batch / 256
+    "train.clip_grad": (float, None),             # null: no clipping
+    "train.steps": (("list", NUMBER),),           # iterations, or fractions < 1 of the run
+    "train.compile": (bool, str),                 # true, or a torch.compile mode such as max-autotune
+    "model.embed_dim": (int, None),               # null: the ViT size's own value
+    "model.depth": (int, None),
+    "model.num_heads": (int, None),
+    "model.patch_size": (int, None),
+    "model.out_indices": (("list", (int,)), None),  # seg: null = depth/4 steps
+    "model.layer_scale_init": (float, None),      # seg: null = no layer scale
+    "data.num_classes": (int, None),              # cls: null = as many as the dataset defines
+    "data.class_names": (("list", (str,)), None),  # seg: null = the ADE20K names
+    "aug.color_jitter": (float, ("list", NUMBER), None),  # timm: one strength or per-channel strengths
+    "aug.cutmix_minmax": (("list", NUMBER), None),
+    "eval.crop_pct": (float, None),               # cls: null = the official size-dependent crop
+    "eval.min_size": (int, None),                 # seg: null = no lower bound on multi-scale views
+}
+
+
+def _type_of(default) -> ValueType:
+    if default is None:
+        return ()  # unknown: any value
+    if isinstance(default, list):
+        items = {kind for item in default for kind in _type_of(item)}
+        # a list of ints and floats (e.g. scale factors 4, 2, 1, 0.5) is a list of numbers
+        return (("list", NUMBER if float in items else tuple(items)),)
+    return (type(default),)
+
+
+_KIND_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+               str: ("a string", "strings"), None: ("null", "nulls")}
+
+
+def _describe(value_type: ValueType) -> str:
+    def one(kind) -> str:
+        if not isinstance(kind, tuple):
+            return _KIND_NAMES[kind][0]
+        return "a list of " + " or ".join(_KIND_NAMES[item][1] for item in kind[1]) if kind[1] else "a list"
+    return " or ".join(one(kind) for kind in value_type)
+
+
+def _coerce(value, value_type: ValueType):
+    """`value` as `value_type` says, or raise TypeError. Numbers become strings where a string is expected (a folder
+    named 1234), a whole number in float notation an int (max_iters=1e5) and an empty value ''."""
+    if not value_type:
+        return value
+    for kind in value_type:
+        if kind is None and value is None:
+            return None
+        if isinstance(kind, tuple) and isinstance(value, list):
+            return [_coerce(item, kind[1]) for item in value]
+        if kind is bool and isinstance(value, bool):
+            return value
+        if isinstance(value, bool):
+            continue
+        if kind is float and isinstance(value, (int, float)):
+            return value
+        if kind is int and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            return int(value)
+        if kind is str and (isinstance(value, (str, int, float)) or value is None):
+            return "" if value is None else str(value)
+    raise TypeError
+
+
+def _check_types(base: dict, override: dict, source: str, typed_as: Dict[str, str], prefix: str = "") -> dict:
+    """`override` with its values coerced to the types of `base`'s; a value of another type is a ConfigError naming
+    the key, the value (as typed on the command line when `typed_as` has it) and the expected type."""
+    checked = {}
+    for key, value in override.items():
+        name = f"{prefix}{key}"
+        if key not in base or (isinstance(value, str) and "${" in value):
+            checked[key] = value  # an unknown key is reported by the merge; an interpolation is typed when resolved
+            continue
+        default = base[key]
+        shown = typed_as.get(name, json.dumps(value))
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {name} is a section of keys, not a value ({name}={shown})")
+            checked[key] = _check_types(default, value, source, typed_as, f"{name}.")
+            continue
+        value_type = DECLARED_TYPES.get(name, _type_of(default))
+        try:
+            checked[key] = _coerce(value, value_type)
+        except TypeError:
+            raise ConfigError(f"{source}: {name}={shown} is not {_describe(value_type)}") from None
+    return checked
+
+
+def _merge_strict(base: DictConfig, override: DictConfig, source: str,
+                  typed_as: Optional[Dict[str, str]] = None) -> DictConfig:
+    override = OmegaConf.create(_check_types(OmegaConf.to_container(base), OmegaConf.to_container(override),
+                                             source, typed_as or {}))
     OmegaConf.set_struct(base, True)
     try:
         return OmegaConf.merge(base, override)
@@ -43,8 +144,9 @@ def _merge_strict(base: DictConfig, override: DictConfig, source: str) -> DictCo
 def load_config(path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> DictConfig:
     """Load `path` with its chain of `_base_` files, then apply `overrides` ('a.b=1' strings)."""
     path = Path(path)
-    if not path.is_file() and (CONFIG_ROOT / path).is_file():
-        path = CONFIG_ROOT / path
+    for known in (CONFIG_ROOT / path, CONFIG_ROOT.parent / path):  # 'cls/demo.yaml' or 'configs/cls/demo.yaml'
+        if not path.is_file() and known.is_file():
+            path = known
     cfg = _read_yaml(path)
     base_name = cfg.pop("_base_", None)
     if base_name is not None:
@@ -63,7 +165,10 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
     if not overrides:
         return cfg
-    return _merge_strict(cfg, OmegaConf.from_dotlist(overrides), "command line")
+    typed_as = dict(item.split("=", 1) for item in overrides)
+    for item in overrides:  # one by one: together, `train=3 train.lr=1` would drop train=3 unchecked
+        cfg = _merge_strict(cfg, OmegaConf.from_dotlist([item]), "command line", typed_as)
+    return cfg
 
 
 def save_config(cfg: DictConfig, path: Union[str, os.PathLike]) -> None:

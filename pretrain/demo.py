@@ -1,16 +1,29 @@
-"""The embedded demo: generated scenes -> a small MAE -> an encoder that every transfer demo starts from."""
+"""The embedded demo: generated scenes -> a small MAE -> an encoder that every transfer demo starts from.
+
+The demo encoder counts as pretrained only once its whole pretraining has run: pretraining exports its encoder at every
+checkpoint, so the transfer demos read `demo_encoder.pth`, written (atomically) only after the last iteration. An
+interrupted demo pretraining resumes where it stopped, and demos started together wait for one pretraining."""
+import os
+import shutil
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from PIL import Image
 
-from maetransfer.config import load_config
+from maetransfer.config import CONFIG_ROOT, load_config
 from maetransfer.data.demo import render_scenes
 from maetransfer.engine import dist
 
-from .main import ENCODER_FILE, run
+from .main import run
 
 DEMO_CONFIG = "configs/pretrain/demo.yaml"
 DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
+DEMO_ENCODER_FILE = "demo_encoder.pth"
+
+
+def demo_data_root() -> Path:
+    """The folder of the demo's generated scenes: the only one that demo pretraining writes images into."""
+    return Path(load_config(CONFIG_ROOT / "pretrain" / "demo.yaml").data.root)
 
 
 def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) -> Path:
@@ -20,25 +33,46 @@ def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) 
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     for i, (image, _) in enumerate(render_scenes(count, size=size, seed=seed)):
-        Image.fromarray(image).save(folder / f"scene_{i:05d}.jpg", quality=95)
+        # renamed when whole: a killed run leaves no half image (and no file of an image extension)
+        tmp = folder / f".scene_{i:05d}.jpg.tmp{os.getpid()}"
+        Image.fromarray(image).save(tmp, format="JPEG", quality=95)
+        os.replace(tmp, folder / f"scene_{i:05d}.jpg")
     return folder
 
 
 def demo_encoder_path(root="output/demo") -> Path:
-    return Path(root) / "pretrain" / ENCODER_FILE
+    return Path(root) / "pretrain" / DEMO_ENCODER_FILE
 
 
 def ensure_demo_encoder(root="output/demo", overrides=()) -> Path:
-    """Path of the demo-pretrained encoder under `root`, pretraining it first (minutes on CPU) if it is missing."""
+    """Path of the demo-pretrained encoder under `root`, pretraining it first (minutes on CPU) unless a complete
+    pretraining wrote it: an interrupted one is resumed, and a concurrent caller waits for the one under way."""
     root = Path(root)
     encoder = demo_encoder_path(root)
     if encoder.is_file():
         return encoder
-    cfg = load_config(DEMO_CONFIG, [f"data.root={root / 'data' / 'pretrain'}",
-                                    f"train.output_dir={root / 'pretrain'}", *overrides])
-    print(f"no demo encoder at {encoder} yet: pretraining it first on generated scenes (once; later runs reuse it)")
-    write_demo_images(cfg.data.root, size=cfg.model.img_size)
-    return run(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(root / "pretrain.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for the demo encoder that another process is pretraining ({lock.lock_file})")
+        lock.acquire()
+    try:
+        if encoder.is_file():  # pretrained by the process this one waited for
+            return encoder
+        cfg = load_config(CONFIG_ROOT / "pretrain" / "demo.yaml",
+                          [f"data.root={root / 'data' / 'pretrain'}", f"train.output_dir={root / 'pretrain'}",
+                           "train.resume=auto", *overrides])
+        print(f"no demo encoder at {encoder} yet: pretraining it first on generated scenes (once; later runs reuse it)")
+        write_demo_images(cfg.data.root, size=cfg.model.img_size)
+        last_export = run(cfg)
+        tmp = encoder.with_name(f".{encoder.name}.tmp{os.getpid()}")
+        shutil.copyfile(last_export, tmp)
+        os.replace(tmp, encoder)  # the mark of a complete pretraining
+        return encoder
+    finally:
+        lock.release()
 
 
 def pretrains_demo_encoder(init_checkpoint: str) -> bool:

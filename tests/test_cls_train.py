@@ -36,7 +36,7 @@ def data(tmp_path_factory):
 
 def _run(data, out, *extra):
     return train_cls.main(["--config", str(ROOT / "configs/cls/demo.yaml"), "--output-dir", str(out),
-                           f"data.root={data / 'data'}", *TINY, *extra])
+                           f"data.root={data / 'data'}", "data.demo=false", *TINY, *extra])
 
 
 def test_finetune_then_eval_only_reproduces_the_metrics(data, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from maetransfer.checkpoint import read_checkpoint, to_mmseg
+from maetransfer.data.ade import write_demo_ade20k
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("train_seg", ROOT / "tools" / "train_seg.py")
@@ -15,7 +16,7 @@ train_seg = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_seg)
 
 TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=64", "model.channels=16",
-        "model.aux_channels=8", "data.demo_train=8", "data.demo_val=3", "data.demo_size=64", "data.scale=[256,64]",
+        "model.aux_channels=8", "data.demo=false", "data.scale=[256,64]",
         "data.crop_size=[64,64]", "eval.crop_size=[64,64]", "eval.stride=[43,43]", "eval.num_vis=2",
         "train.max_iters=2", "train.batch_size=2", "train.warmup_iters=1", "train.init_checkpoint=",
         "train.num_workers=0"]
@@ -24,7 +25,7 @@ TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=64", "mode
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("seg")
-    data = tmp / "ADEChallengeData2016"
+    data = write_demo_ade20k(tmp / "ADEChallengeData2016", 8, 3, 64)  # data.demo writes only the demo's own folder
     out = tmp / "run"
     metrics = train_seg.main(["--output-dir", str(out), f"data.root={data}", *TINY])
     return data, out, metrics

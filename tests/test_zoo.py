@@ -342,7 +342,7 @@ def test_eval_only_by_name_evaluates_the_downloaded_classifier(server, monkeypat
 
     def evaluate(checkpoint, out):
         return tool.main(["--config", str(ROOT / "configs/cls/demo.yaml"), "--eval-only", "--checkpoint", checkpoint,
-                          f"data.root={tmp_path / 'data'}", "data.input_size=32", "model.arch=vit_micro",
+                          f"data.root={tmp_path / 'data'}", "data.demo=false", "data.input_size=32", "model.arch=vit_micro",
                           "eval.batch_size=4", "train.num_workers=0", "--output-dir", str(tmp_path / out)])
 
     by_name = evaluate("tiny_finetuned", "by_name")

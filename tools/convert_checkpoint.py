@@ -13,6 +13,7 @@ import sys
 
 from maetransfer.checkpoint import (WRITE_FORMATS, CheckpointError, encoder_arch, is_detector, parse_state, read_raw,
                                    save_checkpoint, save_detectron2_detector, unwrap_state)
+from maetransfer.cli import OutputPathError, check_writable_file, check_writable_folder
 from maetransfer.models import vit_size
 
 
@@ -29,6 +30,10 @@ def main(argv=None):
     parser.add_argument("--num-heads", type=int, help="encoder attention heads (for --to hf, when not inferable)")
     parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (for --to hf)")
     args = parser.parse_args(argv)
+    try:  # before the (possibly large) source is read
+        (check_writable_folder if args.to == "hf" else check_writable_file)(args.dst, "dst")
+    except OutputPathError as exc:
+        parser.exit(2, f"error: {exc}\n")
     try:
         obj, hf_config = read_raw(args.src, unsafe=args.unsafe_load)
         state, _ = unwrap_state(obj, args.src)

@@ -9,17 +9,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from maetransfer.cli import parse_config, run_tool, tool_parser  # noqa: E402
+from maetransfer.cli import check_output_dir, parse_config, prepare_output, run_tool, tool_parser  # noqa: E402
 from maetransfer.engine import dist  # noqa: E402
-from pretrain.demo import DEMO_CONFIG, write_demo_images  # noqa: E402
+from pretrain.demo import DEMO_CONFIG, demo_data_root, write_demo_images  # noqa: E402
 from pretrain.main import run  # noqa: E402
 
 
 def main(argv=None):
     parser = tool_parser(__doc__, DEMO_CONFIG)
-    args, cfg = parse_config(parser, argv)
-    if Path(args.config).name == Path(DEMO_CONFIG).name and not Path(cfg.data.root).exists():
-        write_demo_images(cfg.data.root, size=cfg.model.img_size)  # the demo's generated scenes, first run only
+    _, cfg = parse_config(parser, argv)
+    prepare_output(parser, lambda: check_output_dir(cfg, demo_config=DEMO_CONFIG))
+    # The demo's generated scenes (first run only), and only into the demo's own folder: a data.root of the user's
+    # that is missing is an error of the run, not a place to write 2000 scenes into. (Every torchrun
+    # process writes them, each file by an atomic rename, as none knows its rank yet.)
+    if Path(cfg.data.root).resolve() == demo_data_root().resolve():
+        write_demo_images(cfg.data.root, size=cfg.model.img_size)
     encoder = run_tool(parser, lambda: run(cfg))
     if dist.is_main_process():
         print(f"encoder written to {encoder} (official mae_pretrain_vit_*.pth layout)")

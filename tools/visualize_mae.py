@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maetransfer.checkpoint import CheckpointError  # noqa: E402
+from maetransfer.cli import OutputPathError, check_writable_file  # noqa: E402
 from maetransfer.data.images import ImageReadError, read_rgb  # noqa: E402
 from pretrain.main import eval_transform  # noqa: E402
 from pretrain.models_mae import mae_from_checkpoint  # noqa: E402
@@ -35,11 +36,12 @@ def main(argv=None):
     parser.add_argument("--unsafe-load", action="store_true", help="allow full unpickling of the checkpoint")
     args = parser.parse_args(argv)
     try:
+        check_writable_file(args.out, "--out")  # before the model is read
         model = mae_from_checkpoint(args.checkpoint, args.unsafe_load, args.num_heads, args.decoder_num_heads)
         model.norm_pix_loss = model.norm_pix_loss or args.norm_pix
         size = model.grid_size[0] * model.patch_size
         imgs = torch.stack([eval_transform(size)(read_rgb(p)) for p in args.images])
-    except (CheckpointError, ImageReadError) as exc:
+    except (OutputPathError, CheckpointError, ImageReadError) as exc:
         parser.exit(2, f"error: {exc}\n")
     path = save_reconstructions(model, imgs, args.out, args.mask_ratio, seed=args.seed)
     print(f"saved {path}")
