@@ -4,6 +4,7 @@ output folder stay byte-identical. Annotation problems that detectron2 tolerates
 Errors raised in DataLoader workers come back as the same class with the worker's traceback in the message."""
 import importlib.util
 import json
+import os
 import re
 import traceback
 from pathlib import Path
@@ -323,3 +324,32 @@ def test_label_broken_after_the_check_fails_in_a_worker_as_the_same_class(ade):
         next(iter(loader))
     assert str(err.value).rstrip().endswith(f"MissingFileError: {label}: label file not found")
     assert "".join(traceback.format_exception_only(err.value)).startswith("maetransfer.data.images.MissingFileError")
+
+
+# -- demo sets: never half-written, never written twice -----------------------------------------------------------------
+@pytest.mark.parametrize("write, files", [
+    (lambda root: write_demo_ade20k(root, n_train=2, n_val=1, size=32), 6),  # 3 images + 3 label PNGs
+    (lambda root: write_demo_data(root, n_train=2, n_val=1, size=32), 5),  # 3 images + train.json, val.json
+])
+def test_demo_sets_are_published_whole(write, files, tmp_path, monkeypatch):
+    import maetransfer.data.cls as cls_data
+    import maetransfer.data.demo as demo
+
+    root = tmp_path / "set"
+    real = demo.render_scenes
+
+    def interrupted(*args, **kwargs):  # the writer is killed after its first scene
+        yield next(real(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    for module in (demo, cls_data):
+        monkeypatch.setattr(module, "render_scenes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write(root)
+    assert not root.exists() and [p.name for p in tmp_path.iterdir()] == [f"set.tmp{os.getpid()}"]
+    monkeypatch.undo()
+    first = {p.relative_to(root): p.read_bytes() for p in write(root).rglob("*") if p.is_file()}
+    assert len(first) == files
+    # A second writer that finishes after the first (two demos started together) keeps the published set
+    assert {p.relative_to(root): p.read_bytes() for p in write(root).rglob("*") if p.is_file()} == first
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no temporary folder left by a complete writer

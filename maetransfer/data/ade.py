@@ -336,13 +336,15 @@ def write_demo_ade20k(root, n_train: int = 200, n_val: int = 40, size: int = 128
     """Write synthetic scenes (maetransfer.data.demo) in the ADEChallengeData2016 layout.
 
     Label = 1 + shape category on the shape's pixels and 0 on the background, so with reduce_zero_label the
-    background is ignored exactly like ADE20K's "other" (0) and the 6 shapes are classes 0..5.
+    background is ignored exactly like ADE20K's "other" (0) and the 6 shapes are classes 0..5. Written to a temporary
+    folder and renamed (`root` must not exist or be empty), so an interrupted run never leaves a half-written set.
     """
-    from .demo import render_scenes
+    from .demo import publish_folder, render_scenes
 
     root = Path(root)
+    tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
     for split, n, split_seed in (("training", n_train, seed), ("validation", n_val, seed + 1)):
-        img_dir, ann_dir = root / "images" / split, root / "annotations" / split
+        img_dir, ann_dir = tmp / "images" / split, tmp / "annotations" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
         prefix = "ADE_train" if split == "training" else "ADE_val"
@@ -352,4 +354,5 @@ def write_demo_ade20k(root, n_train: int = 200, n_val: int = 40, size: int = 128
                 label[inst.mask] = inst.category + 1
             Image.fromarray(image).save(img_dir / f"{prefix}_{i:08d}.jpg", quality=95)
             Image.fromarray(label).save(ann_dir / f"{prefix}_{i:08d}.png")
-    return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return publish_folder(tmp, root)

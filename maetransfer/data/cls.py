@@ -24,7 +24,7 @@ from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .demo import SHAPES, render_scenes
+from .demo import SHAPES, publish_folder, render_scenes
 from .images import DatasetError, ImageReadError, MissingFileError, find_missing, read_annotation_json, read_rgb
 
 FORMATS = ("imagefolder", "inat", "places")
@@ -296,8 +296,7 @@ def write_demo_data(root, n_train: int = 2000, n_val: int = 400, size: int = 64,
             next_id += 1
         (tmp / f"{split}.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                        "categories": categories}))
-    os.replace(tmp, root)
-    return root
+    return publish_folder(tmp, root)
 
 
 def ensure_demo_data(root, **kwargs) -> Path:

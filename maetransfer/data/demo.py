@@ -6,7 +6,10 @@ maps and classification images (one large shape, labelled with its kind), so one
 all three.
 Each task's data module writes the scenes in that task's real on-disk format.
 """
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
@@ -77,3 +80,16 @@ def render_scenes(n: int, size: int = 64, seed: int = 0, **kwargs):
     rng = np.random.default_rng(seed)
     for _ in range(n):
         yield render_scene(rng, size, **kwargs)
+
+
+def publish_folder(tmp: Path, root: Path) -> Path:
+    """Move the folder `tmp`, written whole, to `root` in one rename, so that `root` is never a half-written set (an
+    interrupted writer leaves only its `tmp`). When another process published `root` first (demo sets are
+    deterministic, so it is the same set), `tmp` is discarded."""
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not (root.is_dir() and any(root.iterdir())):
+            raise
+        shutil.rmtree(tmp)
+    return root
