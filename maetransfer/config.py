@@ -82,7 +82,8 @@ def _describe(value_type: ValueType) -> str:
 
 def _coerce(value, value_type: ValueType):
     """`value` as `value_type` says, or raise TypeError. Numbers become strings where a string is expected (a folder
-    named 1234), a whole number in float notation an int (max_iters=1e5) and an empty value ''."""
+    named 1234), an int a float where a number is (warmup_epochs: 2 in a derived file must still take 0.5 later), a
+    whole number in float notation an int (max_iters=1e5) and an empty value ''."""
     if not value_type:
         return value
     for kind in value_type:
@@ -95,7 +96,7 @@ def _coerce(value, value_type: ValueType):
         if isinstance(value, bool):
             continue
         if kind is float and isinstance(value, (int, float)):
-            return value
+            return float(value)  # stored as a float, so that the key stays typed as one for later overrides
         if kind is int and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             return int(value)
         if kind is str and (isinstance(value, (str, int, float)) or value is None):

@@ -88,6 +88,7 @@ def test_a_value_of_the_wrong_type_is_one_line_before_anything_runs(override, li
     ("cls/demo.yaml", "train.max_iters=1e5", "train.max_iters", 100000),  # a whole number in float notation
     ("cls/demo.yaml", "train.lr=1", "train.lr", 1),                      # an int where a float (or null) goes
     ("cls/demo.yaml", "train.warmup_epochs=3", "train.warmup_epochs", 3),
+    ("cls/demo.yaml", "train.warmup_epochs=0.5", "train.warmup_epochs", 0.5),  # the demo file sets it to 2
     ("cls/demo.yaml", "data.root=1234", "data.root", "1234"),            # a folder named by digits
     ("cls/demo.yaml", "train.init_checkpoint=", "train.init_checkpoint", ""),
     ("cls/demo.yaml", "train.compile=max-autotune", "train.compile", "max-autotune"),
