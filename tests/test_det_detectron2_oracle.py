@@ -24,6 +24,7 @@ from maetransfer.checkpoint import to_detectron2_detector  # noqa: E402
 from maetransfer.config import load_config  # noqa: E402
 from maetransfer.data.coco import CocoDetection, LargeScaleJitter, write_demo_coco  # noqa: E402
 from maetransfer.data.demo import render_scenes  # noqa: E402
+from maetransfer.data.instances import polygons_to_bitmask  # noqa: E402
 from maetransfer.det.model import build_mask_rcnn  # noqa: E402
 
 VITDET_CONFIG = Path(detectron2.__file__).resolve().parents[1] / "projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py"
@@ -102,7 +103,8 @@ def _models(tmp_path, *overrides):
     return cfg, ours, detectron2_model(str(VITDET_CONFIG), cfg, 3, weights)
 
 
-def test_training_losses_and_gradients_equal_detectron2(tmp_path):
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_training_losses_and_gradients_equal_detectron2(tmp_path, mask_format):
     _, ours, reference = _models(tmp_path)
     ours.train()
     reference.train()
@@ -110,10 +112,15 @@ def test_training_losses_and_gradients_equal_detectron2(tmp_path):
     data = CocoDetection(tmp_path / "data" / "images", ann_file, transforms=LargeScaleJitter(128, (0.5, 1.5), 0.5))
     np.random.seed(0)
     samples = [data[0], data[1]]
+    if mask_format == "bitmask":  # the (N, H, W) uint8 targets of images with RLE instances
+        samples = [(image, dict(target, masks=torch.from_numpy(np.stack(
+            [polygons_to_bitmask(p, *image.shape[1:]) for p in target["masks"]]).astype(np.uint8))))
+                   for image, target in samples]
     inputs = []
     for image, target in samples:
+        masks = PolygonMasks(target["masks"]) if mask_format == "polygon" else BitMasks(target["masks"])
         inst = Instances(tuple(image.shape[1:]), gt_boxes=Boxes(target["boxes"]), gt_classes=target["labels"],
-                         gt_masks=PolygonMasks(target["masks"]))
+                         gt_masks=masks)
         inputs.append({"image": image, "instances": inst})
     for seed in range(3):
         ours.zero_grad()

@@ -96,6 +96,19 @@ def test_imperfect_predictions_match_cocoeval_run_directly(tmp_path):
         assert 0 < metrics[iou_type]["AP"] < 100
 
 
+def test_max_images_evaluates_the_first_images_against_their_ground_truth_only(tmp_path):
+    ann_file = make_tiny_coco(tmp_path)
+    ds = CocoDetection(tmp_path / "imgs", ann_file)
+    evaluator = COCOEvaluator(ds, tmp_path / "out", max_images=1)
+    assert evaluator.image_indices() == [0]
+    outputs = _gt_outputs(ds)
+    results = instances_to_results(outputs[ds.ids[0]], ds.ids[0], ds.category_ids)  # image 20's instance is unseen
+    metrics = evaluator.evaluate_results(results, verbose=False)
+    assert metrics["bbox"]["AP"] == pytest.approx(100.0) and metrics["segm"]["AR100"] == pytest.approx(100.0)
+    whole = COCOEvaluator(ds, tmp_path / "whole").evaluate_results(results, verbose=False)
+    assert whole["bbox"]["AR100"] < 100.0
+
+
 def test_result_format_and_empty_predictions(tmp_path):
     ann_file = make_tiny_coco(tmp_path)
     ds = CocoDetection(tmp_path / "imgs", ann_file)

@@ -148,6 +148,12 @@ def test_rpn_proposals_clip_drop_empty_and_nms_per_level():
     (kept,) = rpn.select_proposals(boxes, logits, [(25, 40)])
     # box 2 is empty (zero width), box 1 clipped equals box 0 (suppressed), box 3 clipped to the 25 px height
     torch.testing.assert_close(kept, torch.tensor([[0.0, 2.0, 10.0, 12.0], [20.0, 20.0, 28.0, 25.0]]))
+    # a second level's copy of box 0 suppresses nothing on the first level; best first, the best 3 kept
+    boxes.append(torch.tensor([[[0.0, 2.0, 10.0, 12.0], [1.0, 2.0, 10.0, 12.0]]]))
+    logits.append(torch.tensor([[4.0, 0.5]]))
+    (kept,) = rpn.select_proposals(boxes, logits, [(25, 40)])
+    torch.testing.assert_close(kept, torch.tensor([[0.0, 2.0, 10.0, 12.0], [0.0, 2.0, 10.0, 12.0],
+                                                   [20.0, 20.0, 28.0, 25.0]]))
 
 
 def _fixed_roi_heads(num_classes=2):
@@ -198,11 +204,17 @@ def test_polygon_mask_targets_are_rasterised_inside_each_box():
     assert inside.all()  # the polygon is the box: every target pixel is set
     half = rasterize_polygons_within_box(square, np.array([8.0, 4.0, 16.0, 12.0], np.float32), 8)
     assert half[:, :4].all() and not half[:, 4:].any()  # left half of the box
-    bitmask = torch.zeros(1, 16, 16, dtype=torch.uint8)
-    bitmask[0, 4:12, 4:12] = 1
-    crop = mask_targets(bitmask, torch.tensor([[8.0, 4.0, 16.0, 12.0]]), 8)
+    # instance 1 is the square, instance 0 another shape: each box is cropped from its matched instance
+    bitmask = torch.zeros(2, 16, 16, dtype=torch.uint8)
+    bitmask[0, 12:, :] = 1
+    bitmask[1, 4:12, 4:12] = 1
+    boxes = torch.tensor([[8.0, 4.0, 16.0, 12.0], [4.0, 4.0, 12.0, 12.0], [0.0, 8.0, 16.0, 16.0]])
+    crop = mask_targets(bitmask, torch.tensor([1, 1, 0]), boxes, 8)
     assert crop[0, :, :4].all() and not crop[0, :, 4:].any()  # RoIAlign aligned=True, >= 0.5
-    assert torch.equal(mask_targets([square], torch.tensor([[8.0, 4.0, 16.0, 12.0]]), 8), half[None])
+    assert crop[1].all() and crop[2, 4:].all() and not crop[2, :4].any()
+    other = [np.array([0.0, 12.0, 16.0, 12.0, 16.0, 16.0, 0.0, 16.0])]
+    targets = mask_targets([other, square], torch.tensor([1, 1, 0]), boxes, 8)
+    assert torch.equal(targets, torch.stack([half, inside, targets[2]])) and torch.equal(targets, crop)
 
 
 def _bilinear_profile(profile: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -296,3 +308,18 @@ def test_layer_decay_reaches_the_backbone_only():
     assert scale["backbone.simfp_2.0.weight"] == 1.0 and scale["roi_heads.box_head.conv1.weight"] == 1.0
     assert decay["backbone.net.blocks.1.attn.rel_pos_h"] == 0.0 and decay["backbone.net.pos_embed"] == 0.0
     assert decay["backbone.net.blocks.0.norm1.weight"] == 0.0 and decay["backbone.net.blocks.0.mlp.fc1.weight"] == 0.1
+
+
+def test_roi_pooling_under_bf16_autocast_keeps_the_box_coordinates():
+    """With bf16 features the boxes must not be rounded to bf16 (up to 4 px at 1024): the pooled features equal
+    torchvision's fp32 roi_align of the same feature values at the exact boxes, to bf16 output precision."""
+    from torchvision.ops import roi_align
+
+    torch.manual_seed(0)
+    features = torch.randn(1, 4, 64, 64).bfloat16()  # stride 16 over 1024 px
+    boxes = torch.tensor([[517.9, 611.1, 903.7, 1001.3], [700.3, 250.6, 1010.1, 640.9]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = ROIPooler(7, [16])([features], [boxes])
+    reference = roi_align(features.float(), [boxes], (7, 7), 1 / 16, 0, True)
+    assert pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled.float(), reference, rtol=1e-2, atol=1e-2)

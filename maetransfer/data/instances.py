@@ -36,15 +36,12 @@ def polygon_boxes(instances: Sequence[Polygons]) -> torch.Tensor:
 def bitmask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """detectron2 `BitMasks.get_bounding_boxes`: (N, H, W) masks -> (N, 4) xyxy boxes enclosing the pixels, right and
     bottom edges exclusive (pycocotools' toBbox extent); all zeros for an empty mask."""
-    boxes = torch.zeros(masks.shape[0], 4, dtype=torch.float32)
-    if masks.shape[0] == 0:
-        return boxes
-    x_any, y_any = masks.any(dim=1), masks.any(dim=2)
-    for i in range(masks.shape[0]):
-        x, y = torch.nonzero(x_any[i])[:, 0], torch.nonzero(y_any[i])[:, 0]
-        if len(x) and len(y):
-            boxes[i] = torch.tensor([x[0], y[0], x[-1] + 1, y[-1] + 1], dtype=torch.float32)
-    return boxes
+    h, w = masks.shape[1:]
+    x_any, y_any = masks.any(dim=1).bool(), masks.any(dim=2).bool()  # uint8 masks give uint8 any()
+    xs, ys = torch.arange(w), torch.arange(h)
+    boxes = torch.stack([torch.where(x_any, xs, w).amin(dim=1), torch.where(y_any, ys, h).amin(dim=1),
+                         torch.where(x_any, xs, -1).amax(dim=1) + 1, torch.where(y_any, ys, -1).amax(dim=1) + 1], dim=1)
+    return torch.where(x_any.any(dim=1)[:, None], boxes, 0).float()
 
 
 def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -134,9 +134,12 @@ class COCOEvaluator:
         self.max_images = max_images
         self.category_names = dict(zip(dataset.category_ids, dataset.category_names))
 
+    def num_images(self) -> int:
+        """The images evaluated: the first `max_images` of the split (all of them when 0)."""
+        return len(self.dataset) if self.max_images <= 0 else min(self.max_images, len(self.dataset))
+
     def image_indices(self) -> List[int]:
-        n = len(self.dataset) if self.max_images <= 0 else min(self.max_images, len(self.dataset))
-        return list(range(dist.get_rank(), n, dist.get_world_size()))
+        return list(range(dist.get_rank(), self.num_images(), dist.get_world_size()))
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module) -> List[Dict]:
@@ -163,8 +166,7 @@ class COCOEvaluator:
 
     def evaluate_results(self, results: List[Dict], verbose: bool = True) -> Dict[str, Dict[str, Optional[float]]]:
         """COCOeval of gathered results for every iou type; writes the two files. Main process only."""
-        evaluated_ids = {self.dataset.ids[i] for i in range(len(self.dataset))
-                         if self.max_images <= 0 or i < self.max_images}
+        evaluated_ids = set(self.dataset.ids[: self.num_images()])
         coco_gt = self.dataset.coco
         if len(evaluated_ids) < len(coco_gt.imgs):
             coco_gt = _subset(coco_gt, evaluated_ids)

@@ -39,19 +39,21 @@ def rasterize_polygons_within_box(polygons: Polygons, box: np.ndarray, mask_size
     return torch.from_numpy(polygons_to_bitmask(polygons, mask_size, mask_size))
 
 
-def mask_targets(masks, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
-    """Bool (N, mask_size, mask_size) targets of N instances in N boxes (N, 4). `masks` is a list of N polygon
-    instances or an (N, H, W) bitmask tensor."""
+def mask_targets(masks, matched: torch.Tensor, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """Bool (R, mask_size, mask_size) targets of R boxes (R, 4), box r for ground-truth instance `matched[r]` of
+    `masks` (a list of polygon instances or an (M, H, W) bitmask tensor). Bitmasks are cropped straight from the M
+    instances, RoIAlign's batch index being the matched instance: the same values as cropping R indexed copies, without
+    R full-image masks in memory."""
     if boxes.shape[0] == 0:
         return torch.zeros((0, mask_size, mask_size), dtype=torch.bool, device=boxes.device)
     if isinstance(masks, torch.Tensor):
-        rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+        rois = torch.cat([matched.to(boxes.device, boxes.dtype)[:, None], boxes], dim=1)
         crops = roi_align(masks.to(boxes.device, torch.float32)[:, None], rois.float(), (mask_size, mask_size),
                           spatial_scale=1.0, sampling_ratio=0, aligned=True)
         return crops[:, 0] >= 0.5
     boxes_np = boxes.detach().cpu().numpy()
-    return torch.stack([rasterize_polygons_within_box(p, b, mask_size) for p, b in zip(masks, boxes_np)]).to(
-        boxes.device)
+    return torch.stack([rasterize_polygons_within_box(masks[i], b, mask_size)
+                        for i, b in zip(matched.tolist(), boxes_np)]).to(boxes.device)
 
 
 def _sample_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int],

@@ -94,8 +94,8 @@ class MaskRCNN(nn.Module):
             raise ValueError(f"image of size {max(sizes, key=max)} is larger than the {self.pad_size} px square the "
                              f"detector pads to: resize it first (test: ResizeShortestEdge, training: LSJ)")
         batch = self.pixel_mean.new_zeros((len(images), 3, self.pad_size, self.pad_size))
-        for i, img in enumerate(images):
-            batch[i, :, : sizes[i][0], : sizes[i][1]] = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+        for i, (img, (h, w)) in enumerate(zip(images, sizes)):
+            batch[i, :, :h, :w] = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
         return batch, sizes
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict]] = None,

@@ -23,6 +23,13 @@ from .rpn import SCALE_CLAMP
 from .sampling import match, subsample_labels
 
 
+def _roi_align_fp32(x: torch.Tensor, rois: torch.Tensor, size, scale: float) -> torch.Tensor:
+    """ROIAlignV2 computed in fp32 and returned in the features' dtype. detectron2 casts the boxes to the features'
+    dtype, harmless in its fp32/fp16 runs but, with bf16 features (train.amp=bf16), a rounding of box coordinates by
+    up to 4 px at 1024; in fp32 this is exactly roi_align."""
+    return roi_align(x.float(), rois.float(), size, scale, 0, True).to(x.dtype)
+
+
 class ROIPooler(nn.Module):
     """detectron2 `ROIPooler` with ROIAlignV2 (`roi_align(aligned=True)`, adaptive sampling): box of side
     sqrt(area) goes to level floor(4 + log2(side / 224 + 1e-8)), clamped to the pooled levels."""
@@ -48,13 +55,13 @@ class ROIPooler(nn.Module):
         rois = torch.cat([index[:, None], all_boxes], dim=1)
         size = (self.output_size, self.output_size)
         if len(features) == 1:
-            return roi_align(features[0], rois.to(features[0].dtype), size, self.scales[0], 0, True)
+            return _roi_align_fp32(features[0], rois, size, self.scales[0])
         levels = self.levels(all_boxes)
         out = torch.zeros((len(rois), features[0].shape[1], *size), dtype=features[0].dtype,
                           device=features[0].device)
         for level, (x, scale) in enumerate(zip(features, self.scales)):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
-            out.index_put_((inds,), roi_align(x, rois[inds].to(x.dtype), size, scale, 0, True))
+            out.index_put_((inds,), _roi_align_fp32(x, rois[inds], size, scale))
         return out
 
 
@@ -238,10 +245,8 @@ class ROIHeads(nn.Module):
             fg_boxes.append(s["boxes"][fg])
             fg_classes.append(s["classes"][fg])
             if len(fg):
-                matched = s["matched"][fg]
-                masks = t["masks"]
-                instances = masks[matched] if isinstance(masks, torch.Tensor) else [masks[i] for i in matched.tolist()]
-                gt_masks.append(mask_targets(instances, s["boxes"][fg], self.mask_pooler.output_size * 2))
+                gt_masks.append(mask_targets(t["masks"], s["matched"][fg], s["boxes"][fg],
+                                             self.mask_pooler.output_size * 2))
         logits = self.mask_head(self.mask_pooler(features, fg_boxes))
         if not gt_masks:
             return logits.sum() * 0

@@ -7,7 +7,8 @@ from omegaconf import DictConfig
 
 from ..checkpoint import (CheckpointError, detector_state, is_detector, load_detector_into, load_into, parse_state,
                           read_raw, read_state, unwrap_state)
-from ..data.coco import CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection, write_demo_coco
+from ..data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection,
+                         write_demo_coco)
 from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
