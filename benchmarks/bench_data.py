@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_coco_eval import star_polygon  # noqa: E402
 from maetransfer.config import load_config  # noqa: E402
@@ -39,6 +40,7 @@ from maetransfer.data.ade import ADE20KDataset, SegTrainTransform  # noqa: E402
 from maetransfer.data.coco import CocoDetection, LargeScaleJitter  # noqa: E402
 
 VITDET_S_PER_IMAGE = {"ViTDet-B": 0.314, "ViTDet-L": 0.603, "ViTDet-H": 1.098}  # detectron2 model zoo, A100
+DETECTION, SEGMENTATION = "COCO + LSJ at 1024", "ADE20K training pipeline at 512"
 
 
 def _polygon(rng, w: int, h: int, vertices: int) -> np.ndarray:
@@ -144,14 +146,11 @@ def run_pipeline(name: str, root: str, rounds: int, queue) -> None:
             ("LSJ: flip, resize, crop, polygons", lambda v: lsj(*v))])
     else:
         ade = ADE20KDataset(root, "training")
-        transform = SegTrainTransform(load_config("configs/seg/upernet_vit_base_ade20k.yaml").data)
+        transform = SegTrainTransform(load_config(ROOT / "configs/seg/upernet_vit_base_ade20k.yaml").data)
         stages, sample_mb = measure(len(ade), rounds, [
             ("read + decode JPEG and label PNG", lambda i: ade[i]),
             ("resize, crop, flip, photometric, pad", transform)])
     queue.put((stages, sample_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10))
-
-
-DETECTION, SEGMENTATION = "COCO + LSJ at 1024", "ADE20K training pipeline at 512"
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
 """Fixtures shared by several test files."""
+
 import numpy as np
 import pytest
 from PIL import Image

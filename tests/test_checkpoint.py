@@ -368,6 +368,21 @@ def test_corrupt_and_wrong_files_give_one_line(official, tmp_path):
         assert "\n" not in str(info.value) and name in str(info.value)
 
 
+@pytest.mark.parametrize("case, problem", [("missing.pth", "checkpoint not found"),
+                                           ("garbage.pth", "truncated or corrupt"),
+                                           ("evil.pth", "refused to unpickle")])
+def test_the_converter_reports_a_bad_source_in_one_line_and_writes_nothing(case, problem, tmp_path):
+    """As a user runs tools/convert_checkpoint.py: exit with one line naming the file; no output, no code run."""
+    (tmp_path / "garbage.pth").write_bytes(b"\x00not a checkpoint at all")
+    torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1)}, "x": _Exploit(tmp_path / "pwned")},
+               tmp_path / "evil.pth")
+    with pytest.raises(SystemExit) as info:
+        _cli()([str(tmp_path / case), str(tmp_path / "out.pth"), "--to", "timm"])
+    message = str(info.value)
+    assert message.startswith(f"error: {tmp_path / case}") and problem in message and "\n" not in message
+    assert not (tmp_path / "out.pth").exists() and not (tmp_path / "pwned").exists()
+
+
 def test_wrong_model_size_is_a_clear_error(official):
     path, _, _ = official
     ck = read_checkpoint(path)

@@ -100,10 +100,14 @@ def test_eval_only_refuses_an_encoder_without_head(data, tmp_path, capsys):
 def test_eval_only_names_a_head_of_another_mode(data, tmp_path, capsys):
     out = tmp_path / "ft"
     _run(data, out, "train.max_iters=1")
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         _run(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(out / "checkpoint.pth"), "model.mode=linear",
              "model.global_pool=token")
-    assert "evaluate with model.mode=finetune" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {out / 'checkpoint.pth'}: ") and err.endswith(
+        "it holds a fine-tuning head: evaluate with model.mode=finetune")
 
 
 def test_a_checkpoint_with_arbitrary_objects_needs_the_explicit_unsafe_flag(data, tmp_path, capsys):

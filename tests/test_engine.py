@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_trainer import train_tiny_mlp
 from omegaconf import OmegaConf
 
 from maetransfer.config import ConfigError, load_config
@@ -167,37 +168,14 @@ class _RandomlyAugmented(torch.utils.data.Dataset):
         return torch.full((4,), float(index)) + noise
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_mid_epoch_resume_is_exact_with_data_loader_workers(tmp_path, num_workers):
-    from maetransfer.engine import Trainer
-
-    cfg = load_config(ROOT / "configs/train_defaults.yaml",
-                      ["train.max_iters=6", "train.batch_size=2", "train.checkpoint_period=3", "train.lr=0.1",
-                       f"train.num_workers={num_workers}", "train.log_period=1"])
-
     def run(output_dir, stop_at=None, resume=""):
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
-        calls = []
-
-        def loss_fn(model, batch, device):
-            calls.append(1)
-            if len(calls) == stop_at:
-                raise _Interrupted  # a kill between the iteration-3 checkpoint and the next one
-            return (model(batch) ** 2).mean(), {}
-
-        cfg.train.resume = resume
-        trainer = Trainer(cfg, model, [{"params": list(model.parameters())}], _RandomlyAugmented(), loss_fn,
-                          str(output_dir))
-        try:
-            trainer.fit()
-        except _Interrupted:
-            pass
-        return model.state_dict(), trainer.iter
+        # stopped at call 5: a kill between the iteration-3 checkpoint and the next one
+        trainer = train_tiny_mlp(output_dir, ["train.max_iters=6", "train.checkpoint_period=3",
+                                              f"train.num_workers={num_workers}", f"train.resume={resume}"],
+                                 _RandomlyAugmented(), stop_at)
+        return trainer.model_without_ddp.state_dict(), trainer.iter
 
     full, iters = run(tmp_path / "full")
     _, stopped = run(tmp_path / "split", stop_at=5)

@@ -116,6 +116,25 @@ def test_a_derived_yaml_file_is_typed_by_its_base(tmp_path):
     assert load_config(derived).train.lr == 1e-3
 
 
+@pytest.mark.parametrize("text, argv, line", [
+    (None, [], "{config}: config file not found"),
+    ("train: [unclosed\n", [], "{config}: not valid YAML ("),
+    ("- a\n", [], "{config}: a config must be a mapping at the top level"),
+    ("_base_: {base}\nmodel:\n  archh: vit_base\n", [], "{config}: unknown config key 'model.archh'"),
+    ("_base_: {base}\ntrain:\n  epochs: ten\n", [], '{config}: train.epochs="ten" is not an integer'),
+    ("_base_: {base}\n", ["lr"], "command line: override 'lr' is not of the form key=value"),
+])
+def test_a_bad_config_file_or_override_stops_the_tool_with_one_line(finished_run, text, argv, line, tmp_path, capsys):
+    """As a user runs it: exit 2, one line naming the file (or the command line), the run folder left as it was."""
+    config = tmp_path / "mine.yaml"
+    if text is not None:
+        config.write_text(text.format(base=ROOT / "configs/cls/demo.yaml"))
+    before = _snapshot(finished_run)
+    code, err = _fails(train_cls.main, ["--config", str(config), "--output-dir", str(finished_run), *argv], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: " + line.format(config=config)), err
+    assert _snapshot(finished_run) == before
+
+
 # -- 2 and 6. the output folder ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cls_data(tmp_path_factory):

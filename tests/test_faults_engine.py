@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_trainer import train_tiny_mlp
 
 from maetransfer.config import load_config
 
@@ -134,6 +135,21 @@ def test_a_run_folder_with_a_bad_checkpoint_is_left_as_it_was(case, image_dir, e
     assert not (tmp_path / "code_ran").exists()
 
 
+@pytest.mark.parametrize("overrides, line", [
+    (["train.dist_timeout=0"], "train.dist_timeout=0.0: must be a positive number of minutes"),
+    (["train.device=cpu", "train.amp=fp16"], "train.amp=fp16 needs a CUDA device; use bf16 on CPU"),
+])
+def test_a_bad_engine_setting_is_one_line_and_the_run_folder_is_left_as_it_was(overrides, line, image_dir,
+                                                                              earlier_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(earlier_run, run_dir)
+    before = _files(run_dir)
+    err = _pretrain_fails(capsys, f"data.root={image_dir}", *TINY, *overrides, "train.max_iters=4",
+                          "--output-dir", str(run_dir), "--resume", "auto")
+    assert err == f"error: {line}\n"
+    assert _files(run_dir) == before
+
+
 def test_a_too_small_training_set_is_named_before_anything_is_written(tmp_path, capsys):
     from maetransfer.data.cls import write_demo_data
     spec = importlib.util.spec_from_file_location("train_cls_tool", ROOT / "tools" / "train_cls.py")
@@ -196,33 +212,11 @@ def test_stale_temporary_checkpoints_are_removed_and_other_files_kept(image_dir,
     assert [r["iter"] for r in records] == [1, 2]  # 'auto' without a checkpoint started afresh
 
 
-class _Killed(Exception):
-    pass
-
-
 def _train_linear(output_dir: Path, fail_at_call=None, fault=None, resume=""):
     """4 iterations, checkpoint at 2; `fault` (default: a kill) raised by the loss at call `fail_at_call`."""
-    from maetransfer.engine import Trainer
-
-    cfg = load_config(ROOT / "configs/train_defaults.yaml",
-                      ["train.max_iters=4", "train.checkpoint_period=2", "train.log_period=1", "train.batch_size=2",
-                       "train.lr=0.1", "train.num_workers=0", "train.device=cpu", f"train.resume={resume}"])
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
-    calls = []
-
-    def loss_fn(model, batch, device):
-        calls.append(1)
-        if len(calls) == fail_at_call:
-            raise fault or _Killed()
-        return (model(batch) ** 2).mean(), {}
-
-    trainer = Trainer(cfg, model, [{"params": list(model.parameters())}],
-                      list(torch.randn(16, 4, generator=torch.Generator().manual_seed(0))), loss_fn, str(output_dir))
-    try:
-        trainer.fit()
-    except _Killed:
-        trainer.logger.close()
+    data = list(torch.randn(16, 4, generator=torch.Generator().manual_seed(0)))
+    train_tiny_mlp(output_dir, ["train.max_iters=4", "train.checkpoint_period=2", "train.device=cpu",
+                                f"train.resume={resume}"], data, fail_at_call, fault)
 
 
 def test_a_resumed_run_writes_each_log_record_once(tmp_path):

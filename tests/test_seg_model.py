@@ -8,7 +8,7 @@ from maetransfer.config import load_config
 from maetransfer.optim import param_groups
 from maetransfer.seg.heads import UPerHead
 from maetransfer.seg.inference import predict, slide_inference, slide_windows
-from maetransfer.seg.segmentor import build_segmentor, seg_cross_entropy
+from maetransfer.seg.segmentor import build_segmentor, pixel_accuracy, seg_cross_entropy
 
 TINY = ["model.arch=vit_micro", "model.img_size=64", "model.out_indices=null", "model.channels=16",
         "model.aux_channels=8", "model.num_classes=5", "model.drop_path_rate=0.0"]
@@ -126,3 +126,12 @@ def test_predict_multiscale_flip_probabilities(model, cfg):
     scores = predict(model, image, eval_cfg, (128, 64), cfg.data.mean, cfg.data.std)
     assert scores.shape == (5, 40, 70)
     torch.testing.assert_close(scores.sum(0), torch.ones(40, 70))
+
+
+def test_pixel_accuracy_counts_labelled_pixels_only():
+    """mmseg acc_seg by hand: 2 of the 3 labelled pixels right (the ignored one is wrong and must not count)."""
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1, 0, :] = 1.0  # predicts class 1 in the top row, class 0 in the bottom row
+    labels = torch.tensor([[[1, 0], [0, 255]]])
+    assert pixel_accuracy(logits, labels).item() == pytest.approx(200 / 3)
+    assert pixel_accuracy(logits, torch.full((1, 2, 2), 255)).item() == 0.0  # nothing labelled

@@ -64,3 +64,13 @@ def test_eval_only_rejects_an_encoder_file(trained, tmp_path, capsys):
         train_seg.main(["--eval-only", "--checkpoint", str(tmp_path / "encoder.pth"), f"data.root={data}", *TINY])
     err = capsys.readouterr().err
     assert "encoder.pth: not a segmentor of this config" in err and len(err.strip().splitlines()) == 1
+
+
+def test_class_names_of_another_count_end_the_tool_with_one_line(trained, tmp_path, capsys):
+    data, _, _ = trained
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train_seg.main(["--output-dir", str(tmp_path / "run"), f"data.root={data}", *TINY, "data.class_names=[a,b]"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: data.class_names has 2 names but model.num_classes is 6\n"
+    assert not (tmp_path / "run").exists()
