@@ -1,5 +1,8 @@
 from setuptools import find_packages, setup
 
+# below 2: tools/submit.py --dry-run prints the batch script through a method submitit keeps private
+SUBMITIT = "submitit>=1.5,<2"
+
 setup(
     name="maetransfer",
     version="0.1.0",
@@ -28,6 +31,8 @@ setup(
         "huggingface_hub>=0.23",  # Hugging Face hub ids as checkpoints (maetransfer.zoo); timm needs it too
     ],
     extras_require={
-        "dev": ["pytest>=7", "transformers>=4.40"],
+        # tools/submit.py: Slurm jobs through submitit, as the official MAE submits (srun and sbatch need nothing)
+        "slurm": [SUBMITIT],
+        "dev": ["pytest>=7", "transformers>=4.40", SUBMITIT],
     },
 )

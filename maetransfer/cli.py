@@ -5,14 +5,21 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 from omegaconf import DictConfig
 
 from .config import ConfigError, load_config
 from .errors import InputError
-from .engine import CHECKPOINT_NAME, dist, progress
+from .engine import CHECKPOINT_NAME, RunStopped, dist, progress, slurm
+
+# Each training tool (tools/<name>.py): its default recipe, the CPU demo, and the folder under which its runs go when
+# the config names no output folder (<root>/<config name>). Launchers read it to know where a command will write.
+TOOL_DEFAULTS: Dict[str, Tuple[str, str]] = {"pretrain": ("configs/pretrain/demo.yaml", "output/pretrain"),
+                                             "train_det": ("configs/det/demo.yaml", "output/det"),
+                                             "train_seg": ("configs/seg/demo.yaml", "output/seg"),
+                                             "train_cls": ("configs/cls/demo.yaml", "output/cls")}
 
 # Bad input the user can fix: reported as one line naming the file, without a traceback.
 # Every such error derives from InputError; FileNotFoundError comes from the standard library.
@@ -33,8 +40,9 @@ def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = Non
     return parser
 
 
-def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
-    """Parse the command line (overrides may come before or after the options) into (args, resolved config)."""
+def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, tool: Optional[str] = None):
+    """Parse the command line (overrides may come before or after the options) into (args, resolved config); with
+    `tool` (a TOOL_DEFAULTS key), an empty train.output_dir becomes the tool's <root>/<config name>."""
     args = parser.parse_intermixed_args(argv)
     if getattr(args, "eval_only", False) and not args.checkpoint:
         parser.error("--eval-only needs --checkpoint")
@@ -44,9 +52,22 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     extra += [f"train.resume={args.resume}"] if args.resume else []
     extra += ["train.unsafe_load=true"] if args.unsafe_load else []
     try:
-        return args, load_config(args.config, [*args.overrides, *extra])
+        cfg = load_config(args.config, [*args.overrides, *extra])
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
+    if tool is not None:
+        cfg.train.output_dir = cfg.train.output_dir or f"{TOOL_DEFAULTS[tool][1]}/{Path(args.config).stem}"
+    return args, cfg
+
+
+def command_output_dir(tool: str, argv: Sequence[str]) -> Path:
+    """The output folder that `tools/<tool>.py argv` writes to, resolved and checked as the tool does before it writes
+    anything (a bad config or override, or a folder holding another run, ends the program with the tool's line)."""
+    parser = tool_parser(f"tools/{tool}.py", TOOL_DEFAULTS[tool][0], "" if tool == "pretrain" else "checkpoint")
+    parser.prog = f"tools/{tool}.py"
+    args, cfg = parse_config(parser, argv, tool)
+    prepare_output(parser, lambda: check_output_dir(cfg, getattr(args, "eval_only", False), TOOL_DEFAULTS[tool][0]))
+    return Path(cfg.train.output_dir)
 
 
 class OutputPathError(InputError, OSError):
@@ -98,7 +119,8 @@ def _run_description(checkpoint: Path) -> str:
 
 def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Optional[str] = None) -> None:
     """Before anything is written to train.output_dir: it must be a writable folder; a training run does not
-    overwrite another run's checkpoint (and config, log) unless it resumes it or train.overwrite is set; --eval-only
+    overwrite another run's checkpoint (and config, log) unless it resumes it or train.overwrite is set, and a
+    requeued Slurm job resumes the run in its output folder; --eval-only
     into a folder that holds a training run writes its config and results to the folder's eval/ instead. The output
     folder of `demo_config` itself is the demo's: running the demo again starts it over there."""
     out = Path(cfg.train.output_dir)
@@ -110,6 +132,8 @@ def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Opti
             if dist.is_main_process():
                 print(f"{out} holds a training run: the evaluation writes to {cfg.train.output_dir}")
         return
+    if checkpoint.is_file() and slurm.requeued():
+        cfg.train.resume = "auto"  # a requeued job continues its own run, whatever its command line said
     resume = cfg.train.resume
     resumes_it = resume == "auto" or (resume and Path(resume).resolve() == checkpoint.resolve())
     demos_own = demo_config is not None and out.resolve() == Path(load_config(demo_config).train.output_dir).resolve()
@@ -150,24 +174,28 @@ def _worker_message(exc: BaseException) -> str:
 def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
              errors: Tuple[Type[BaseException], ...] = ()):
     """Run `fn`; bad input ends the program with one line (exit 1) instead of a traceback, the same line whether it
-    was raised in the main process or in a DataLoader worker."""
+    was raised in the main process or in a DataLoader worker. A run stopped by a signal (its checkpoint written and
+    the stop announced by the engine) exits with 128 + the signal's number."""
     try:
         return fn()
     except (*INPUT_ERRORS, *errors) as exc:
         parser.exit(1, f"error: {_worker_message(exc)}\n")
+    except RunStopped as stopped:
+        parser.exit(stopped.exit_code)
 
 
-def run_transfer_tool(doc: str, demo_config: str, checkpoint_help: str, run: Callable, output_root: str,
+def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, run: Callable,
                       errors: Tuple[Type[BaseException], ...] = (), argv: Optional[Sequence[str]] = None):
-    """The main() of train_det / train_seg / train_cls: parse, default the output dir to <output_root>/<config
-    name>, then `run(cfg, eval_only=..., checkpoint=...)` with its stages announced in order; returns (resolved
-    config, what run returned)."""
+    """The main() of train_det / train_seg / train_cls (`tool`): parse, default the output dir to <the tool's
+    root>/<config name>, then `run(cfg, eval_only=..., checkpoint=...)` with its stages announced in order; returns
+    (resolved config, what run returned)."""
     from pretrain.demo import pretrains_demo_encoder  # here: pretrain imports this package
 
+    demo_config = TOOL_DEFAULTS[tool][0]
     parser = tool_parser(doc, demo_config, checkpoint_help)
-    args, cfg = parse_config(parser, argv)
-    cfg.train.output_dir = cfg.train.output_dir or f"{output_root}/{Path(args.config).stem}"
-    prepare_output(parser, lambda: (check_demo_data(cfg, demo_config), check_output_dir(cfg, args.eval_only, demo_config)))
+    args, cfg = parse_config(parser, argv, tool)
+    prepare_output(parser, lambda: (check_demo_data(cfg, demo_config),
+                                    check_output_dir(cfg, args.eval_only, demo_config)))
     stages = ["evaluate"] if args.eval_only else ["train", "evaluate"]
     if not args.eval_only and pretrains_demo_encoder(cfg.train.init_checkpoint):
         stages.insert(0, "pretrain")

@@ -10,20 +10,21 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from PIL import Image
 
-from maetransfer.config import CONFIG_ROOT, load_config
+from maetransfer.cli import TOOL_DEFAULTS
+from maetransfer.config import load_config
 from maetransfer.data.demo import render_scenes
 from maetransfer.engine import dist
 
 from .main import run
 
-DEMO_CONFIG = "configs/pretrain/demo.yaml"
+DEMO_CONFIG = TOOL_DEFAULTS["pretrain"][0]
 DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
 DEMO_ENCODER_FILE = "demo_encoder.pth"
 
 
 def demo_data_root() -> Path:
     """The folder of the demo's generated scenes: the only one that demo pretraining writes images into."""
-    return Path(load_config(CONFIG_ROOT / "pretrain" / "demo.yaml").data.root)
+    return Path(load_config(DEMO_CONFIG).data.root)
 
 
 def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) -> Path:
@@ -61,7 +62,7 @@ def ensure_demo_encoder(root="output/demo", overrides=()) -> Path:
     try:
         if encoder.is_file():  # pretrained by the process this one waited for
             return encoder
-        cfg = load_config(CONFIG_ROOT / "pretrain" / "demo.yaml",
+        cfg = load_config(DEMO_CONFIG,
                           [f"data.root={root / 'data' / 'pretrain'}", f"train.output_dir={root / 'pretrain'}",
                            "train.resume=auto", *overrides])
         print(f"no demo encoder at {encoder} yet: pretraining it first on generated scenes (once; later runs reuse it)")
@@ -86,6 +87,7 @@ def resolve_init_checkpoint(path: str) -> str:
     if path != DEMO_INIT:
         return path
     if dist.is_main_process():
-        ensure_demo_encoder()
+        with dist.alone():  # a one-process pretraining, whatever the job's size
+            ensure_demo_encoder()
     dist.barrier()
     return str(ensure_demo_encoder())

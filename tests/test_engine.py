@@ -145,6 +145,37 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_same_total_batch(tmp_
         torch.testing.assert_close(ddp["model"][key], single["model"][key], rtol=1e-5, atol=1e-6)
 
 
+ALONE_SCRIPT = DDP_SCRIPT.replace("Trainer(cfg, model, param_groups(model, 0.0), data, loss_fn).fit()", """
+from maetransfer.engine import dist, setup_process
+setup_process(cfg.train)  # the 2-process group
+if dist.is_main_process():
+    with dist.alone():  # work one process does for all (the demo encoder's pretraining) while the other waits
+        trainer = Trainer(cfg, model, param_groups(model, 0.0), data, loss_fn)
+        trainer.fit()
+        assert (trainer.world_size, dist.get_rank()) == (1, 0)
+dist.barrier()
+assert dist.get_world_size() == 2
+""")
+
+
+def test_one_process_trains_alone_inside_a_process_group_while_the_others_wait(tmp_path):
+    """Rank 0 of a 2-process torchrun group trains as a single process (no DDP, no collectives) and ends with the
+    weights of a plain one-process run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "alone.py"
+    script.write_text(ALONE_SCRIPT)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29733",
+                    str(script), str(tmp_path / "alone"), "8"], cwd=ROOT, env=env, check=True, timeout=240)
+    (tmp_path / "single.py").write_text(DDP_SCRIPT)
+    subprocess.run([sys.executable, str(tmp_path / "single.py"), str(tmp_path / "single"), "8"], cwd=ROOT, env=env,
+                   check=True, timeout=120)
+    alone = torch.load(tmp_path / "alone/checkpoint.pth", weights_only=True)
+    single = torch.load(tmp_path / "single/checkpoint.pth", weights_only=True)
+    assert alone["iter"] == single["iter"] == 8 and len(alone["rng"]) == 1
+    for key in single["model"]:
+        assert torch.equal(alone["model"][key], single["model"][key]), key
+
+
 def test_ddp_pretraining_runs_with_two_processes(image_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

@@ -10,11 +10,12 @@ class Stopped(Exception):
     """What `train_tiny_mlp`'s loss raises to stop a run as a kill would."""
 
 
-def train_tiny_mlp(output_dir, overrides, data, stop_at_call=None, fault=None):
+def train_tiny_mlp(output_dir, overrides, data, stop_at_call=None, fault=None, on_loss_call=None, evaluate_fn=None):
     """Train a 4-8-1 MLP with dropout (seed 0), loss mean(output^2), with the engine on `data` (4-vectors) into
     `output_dir`: train_defaults.yaml with lr 0.1, batch 2, log every update, no workers, then `overrides`. At loss
-    call `stop_at_call` the loss raises `fault`, by default Stopped, which ends the run as a kill would. Returns the
-    trainer (its model_without_ddp is the trained MLP)."""
+    call `stop_at_call` the loss raises `fault`, by default Stopped, which ends the run as a kill would;
+    `on_loss_call(n)` runs at every loss call n; `evaluate_fn` is the trainer's. Returns the trainer (its
+    model_without_ddp is the trained MLP)."""
     from maetransfer.config import load_config
     from maetransfer.engine import Trainer
 
@@ -26,11 +27,14 @@ def train_tiny_mlp(output_dir, overrides, data, stop_at_call=None, fault=None):
 
     def loss_fn(model, batch, device):
         calls.append(1)
+        if on_loss_call is not None:
+            on_loss_call(len(calls))
         if len(calls) == stop_at_call:
             raise fault or Stopped()
         return (model(batch) ** 2).mean(), {}
 
-    trainer = Trainer(cfg, model, [{"params": list(model.parameters())}], data, loss_fn, str(output_dir))
+    trainer = Trainer(cfg, model, [{"params": list(model.parameters())}], data, loss_fn, str(output_dir),
+                      evaluate_fn=evaluate_fn)
     try:
         trainer.fit()
     except Stopped:

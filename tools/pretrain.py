@@ -17,7 +17,7 @@ from pretrain.main import run  # noqa: E402
 
 def main(argv=None):
     parser = tool_parser(__doc__, DEMO_CONFIG)
-    _, cfg = parse_config(parser, argv)
+    _, cfg = parse_config(parser, argv, "pretrain")
     prepare_output(parser, lambda: check_output_dir(cfg, demo_config=DEMO_CONFIG))
     # The demo's generated scenes (first run only), and only into the demo's own folder: a data.root of the user's
     # that is missing is an error of the run, not a place to write 2000 scenes into. (Every torchrun

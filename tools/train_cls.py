@@ -21,8 +21,8 @@ from maetransfer.data.cls import DatasetError  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    return run_transfer_tool(__doc__, "configs/cls/demo.yaml", "classifier to evaluate (checkpoint.pth, "
-                             "mae_finetuned_vit_*.pth, a released name)", run, "output/cls", (DatasetError,), argv)[1]
+    return run_transfer_tool(__doc__, "train_cls", "classifier to evaluate (checkpoint.pth, "
+                             "mae_finetuned_vit_*.pth, a released name)", run, (DatasetError,), argv)[1]
 
 
 if __name__ == "__main__":

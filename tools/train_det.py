@@ -20,8 +20,8 @@ from maetransfer.det.train import run  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    cfg, metrics = run_transfer_tool(__doc__, "configs/det/demo.yaml", "trained detector for --eval-only (this "
-                                     "tool's checkpoint.pth, a ViTDet file, a released name)", run, "output/det",
+    cfg, metrics = run_transfer_tool(__doc__, "train_det", "trained detector for --eval-only (this "
+                                     "tool's checkpoint.pth, a ViTDet file, a released name)", run,
                                      (CocoFormatError,), argv)
     if metrics:
         print("  ".join(f"{t} AP {m['AP']:.1f} AP50 {m['AP50']:.1f}" for t, m in metrics.items())

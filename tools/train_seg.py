@@ -19,8 +19,8 @@ from maetransfer.seg.train import run  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    return run_transfer_tool(__doc__, "configs/seg/demo.yaml", "segmentor to evaluate (checkpoint.pth, an mmseg "
-                             "UperNet-MAE file or released name)", run, "output/seg", (ValueError,), argv)[1]
+    return run_transfer_tool(__doc__, "train_seg", "segmentor to evaluate (checkpoint.pth, an mmseg "
+                             "UperNet-MAE file or released name)", run, (ValueError,), argv)[1]
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..engine import dist
+from ..engine import ShieldedDataLoader, dist
 
 
 CONFUSION_MAX_CLASSES = 50  # a confusion-matrix picture is readable only for a few classes
@@ -93,8 +93,8 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, num_classes: int, ba
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     indices = list(range(rank, len(dataset), world))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = ShieldedDataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
+                                pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
     counter = AccuracyCounter(num_classes)

@@ -15,11 +15,11 @@ import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..data.coco import CocoDetection, collate_detection
-from ..engine import dist
+from ..engine import ShieldedDataLoader, dist
 
 try:
     import faster_coco_eval
@@ -148,8 +148,8 @@ class COCOEvaluator:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        loader = DataLoader(Subset(self.dataset, self.image_indices()), batch_size=self.batch_size,
-                            num_workers=self.num_workers, collate_fn=collate_detection)
+        loader = ShieldedDataLoader(Subset(self.dataset, self.image_indices()), batch_size=self.batch_size,
+                                    num_workers=self.num_workers, collate_fn=collate_detection)
         autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype and device.type == "cuda"
                     else nullcontext())
         results = []

@@ -1,29 +1,83 @@
-"""torch.distributed set-up from torchrun's environment (single process when it is absent)."""
+"""torch.distributed set-up from the launcher's environment: torchrun's variables, or Slurm's for the tasks of an
+srun step (single process when neither describes a group). Tasks never see which launcher started them."""
 import os
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist
 
+from . import slurm
+
+
+def launcher() -> str:
+    """'torchrun' (its variables, also a user's own RANK / WORLD_SIZE), 'slurm' (a task of an srun step) or
+    'none'. torchrun wins: `srun ... torchrun ...` starts torchrun once per node, and its workers are the group."""
+    if "WORLD_SIZE" in os.environ:
+        return "torchrun"
+    return "slurm" if slurm.in_step() else "none"
+
+
+def export_launch_environment() -> str:
+    """Under srun, set torchrun's variables from Slurm's (rank SLURM_PROCID, world SLURM_STEP_NUM_TASKS, local rank
+    SLURM_LOCALID, the step's first host and a port derived from the job id), so that the env:// rendezvous and the
+    device choice read one set of names. Returns the launcher."""
+    name = launcher()
+    if name == "slurm":
+        os.environ.update(slurm.step_environment())
+    return name
+
 
 def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) -> None:
-    """Join the process group that torchrun describes (RANK / WORLD_SIZE / MASTER_ADDR); no-op otherwise.
+    """Join the process group that torchrun or an srun step describes; no-op for a single process.
     timeout_minutes (train.dist_timeout): how long joining, and later a collective, waits for the other processes
     before failing, instead of hanging on a process that died or never started."""
+    export_launch_environment()
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_device_index())
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
 
 
+def local_device_index() -> int:
+    """This process's GPU: its local rank, modulo the GPUs it sees (a task bound to one GPU by `--gpus-per-task`
+    sees only that one, as device 0)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return local_rank % count if count else local_rank
+
+
+_alone = False
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Within the block this process works as the only one (rank 0 of 1, no collectives): for work that one process
+    does for all while the others wait at a barrier, such as pretraining the demo encoder."""
+    global _alone
+    _alone = True
+    try:
+        yield
+    finally:
+        _alone = False
+
+
 def is_dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return dist.is_available() and dist.is_initialized() and not _alone
 
 
 def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
+    """The process's rank; before the group is joined, the rank its launcher gave it (so that output written before
+    joining, such as a one-line error, comes from one process)."""
+    if _alone:
+        return 0
+    if is_dist():
+        return dist.get_rank()
+    if launcher() == "torchrun":
+        return int(os.environ.get("RANK", "0"))
+    return int(os.environ["SLURM_PROCID"]) if launcher() == "slurm" else 0
 
 
 def get_world_size() -> int:
@@ -52,3 +106,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (one small all-reduce; on the GPU under NCCL)."""
+    if not is_dist():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -6,6 +6,9 @@ epoch), each sample's augmentation is seeded from (seed, epoch, index) (`SeededS
 training process's RNGs from (seed, epoch, rank), and a checkpoint also stores every process's RNG states and the
 position inside the epoch.
 
+A stop signal (preemption's SIGTERM, Slurm's time-limit warning USR1 / USR2) ends a run at the next update, the same
+one on every process, with its checkpoint written; a time-limit warning also requeues the Slurm job (`preemption`).
+
 Bad input is found before anything is written into the output dir: a training set too small for one update, a
 `train.resume` file that is missing, corrupt, unsafe to unpickle or of another model raise `TrainingError` (one
 line naming the file); so does a non-finite loss, naming the checkpoint that really exists.
@@ -29,13 +32,14 @@ import torch.nn as nn
 from omegaconf import DictConfig
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from ..config import ConfigError, save_config, to_dict
 from ..errors import InputError
 from ..optim import base_lr, build_optimizer, lr_at
-from . import dist, progress
+from . import dist, progress, slurm
+from .preemption import NO_STOP, STOP_AND_REQUEUE, RunStopped, ShieldedDataLoader, StopRequests
 
 CHECKPOINT_NAME = "checkpoint.pth"
 EMA_NAME = "model_ema.pth"
@@ -76,16 +80,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        dist.export_launch_environment()  # LOCAL_RANK under srun
+        return torch.device("cuda", dist.local_device_index())
     return torch.device(name)
 
 
 def setup_process(train_cfg: DictConfig) -> torch.device:
     """What every run does first: torch's CPU thread count (`num_threads`, 0 = torch's default), the random seed (so
     that the same seed builds the same initial weights: new heads, random-init baselines), the device, and the
-    process group when started by torchrun (waiting `dist_timeout` minutes for the others). Returns the device."""
-    if int(train_cfg.num_threads) > 0:
-        torch.set_num_threads(int(train_cfg.num_threads))
+    process group when started by torchrun or srun (waiting `dist_timeout` minutes for the others). Returns the
+    device. num_threads 0 under srun means the task's CPUs (--cpus-per-task, else Slurm's 1) unless OMP_NUM_THREADS
+    is set, as torchrun sets 1 thread a process: a task does not oversubscribe its CPUs, and equals torchrun."""
+    threads = int(train_cfg.num_threads)
+    if not threads and dist.launcher() == "slurm" and "OMP_NUM_THREADS" not in os.environ:
+        threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+    if threads:
+        torch.set_num_threads(threads)
     if train_cfg.dist_timeout <= 0:
         raise ConfigError(f"train.dist_timeout={train_cfg.dist_timeout}: must be a positive number of minutes")
     seed_everything(int(train_cfg.seed))
@@ -424,15 +434,15 @@ class Trainer:
             self.resume(target)
 
     # -- loop ----------------------------------------------------------------------------------------------------
-    def _loader(self) -> DataLoader:
+    def _loader(self) -> ShieldedDataLoader:
         t = self.train_cfg
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * int(t.batch_size))
         self.dataset.epoch = self.epoch  # workers are started per epoch (not persistent) and copy it
         # An own generator: the loader's base seed would otherwise be drawn from the training process's RNG
-        return DataLoader(self.dataset, batch_size=int(t.batch_size), sampler=self.sampler, drop_last=True,
-                          num_workers=int(t.num_workers), collate_fn=self.collate_fn,
-                          generator=torch.Generator().manual_seed(int(t.seed) + self.epoch),
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return ShieldedDataLoader(self.dataset, batch_size=int(t.batch_size), sampler=self.sampler, drop_last=True,
+                                  num_workers=int(t.num_workers), collate_fn=self.collate_fn,
+                                  generator=torch.Generator().manual_seed(int(t.seed) + self.epoch),
+                                  pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def _set_lr(self) -> float:
         lr = lr_at(self.train_cfg, self.iter, self.total_iters, self.iters_per_epoch, self.peak_lr)
@@ -509,22 +519,56 @@ class Trainer:
         progress.begin_stage(self.stage, f"{self.total_iters} iterations of {self.effective_batch} images ({epochs} "
                              f"epoch{'s' * (epochs != 1)}) into {self.output_dir}"
                              + (f", from iteration {self.iter}" if self.iter else ""))
-        # One bar for the whole stage, so that its time estimate is the stage's; the epoch is in its label.
-        with tqdm(total=self.total_iters, initial=self.iter, unit="it", disable=not dist.is_main_process(),
-                  dynamic_ncols=True) as bar:  # closed also when a step fails: the error gets a line of its own
-            self._train_loop(bar, epochs)
-        self.save_checkpoint()
-        if self.ema is not None and dist.is_main_process():  # the evaluated weights, loadable by --eval-only
-            atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
-        if dist.is_main_process():
-            print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
-                  f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
-        if self.evaluate_fn is not None:
-            weights = "EMA of the weights" if self.ema else "model"
-            progress.begin_stage("evaluate", f"the final {weights} on the validation set")
-        metrics = self.evaluate()
+        try:
+            with StopRequests() as self._stop:
+                # One bar for the whole stage, so that its time estimate is the stage's; the epoch is in its label.
+                with tqdm(total=self.total_iters, initial=self.iter, unit="it", disable=not dist.is_main_process(),
+                          dynamic_ncols=True) as bar:  # closed also when a step fails: the error gets its own line
+                    self._train_loop(bar, epochs)
+                self.save_checkpoint()
+                if self.ema is not None and dist.is_main_process():  # the evaluated weights, for --eval-only
+                    atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
+                if dist.is_main_process():
+                    print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
+                          f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
+                self._stop_if_asked()  # the final evaluation then runs in the requeued job
+                if self.evaluate_fn is not None:
+                    weights = "EMA of the weights" if self.ema else "model"
+                    progress.begin_stage("evaluate", f"the final {weights} on the validation set")
+                metrics = self.evaluate()
+        except RunStopped as stopped:
+            self.logger.close()
+            self._announce_stop(stopped)
+            raise
         self.logger.close()
         return metrics
+
+    def _stop_if_asked(self) -> None:
+        """At an iteration boundary: when any process got a stop signal, all of them write the checkpoint (unless it
+        was just written) and raise RunStopped."""
+        if dist.any_process(self._stop.code != NO_STOP):
+            requests = dist.all_gather_object((self._stop.code, self._stop.signal_name))
+            code, name = max(requests)
+            if self.last_checkpoint != (self.checkpoint_path(), self.iter):
+                self.save_checkpoint()
+            job = slurm.job_id() if code == STOP_AND_REQUEUE else None
+            raise RunStopped(f"stopped by {name} at iteration {self.iter} of {self.total_iters}; checkpoint "
+                             f"{self.checkpoint_path()} written", name, str(self.checkpoint_path()), requeue_job=job)
+
+    def _announce_stop(self, stopped: RunStopped) -> None:
+        """Say where the run stopped and how it goes on; requeue the Slurm job when a time-limit warning stopped it."""
+        if not dist.is_main_process():
+            return
+        if stopped.requeue_job:
+            print(f"{stopped}; requeueing Slurm job {stopped.requeue_job}, which resumes from there", flush=True)
+            try:
+                slurm.requeue_job(stopped.requeue_job)
+            except slurm.RequeueError as exc:
+                print(f"warning: {exc}; submit the same command again to resume", file=sys.stderr, flush=True)
+        elif slurm.job_id():
+            print(f"{stopped}; a requeued or preempted job resumes from there", flush=True)
+        else:
+            print(f"{stopped}; run the same command with --resume auto to continue", flush=True)
 
     def _train_loop(self, bar: tqdm, epochs: int) -> None:
         t = self.train_cfg
@@ -561,6 +605,7 @@ class Trainer:
                     self.evaluate()
                 if self.iter >= self.total_iters:
                     break
+                self._stop_if_asked()
             if self.batch_in_epoch >= self.iters_per_epoch * accum:
                 self.epoch += 1
                 self.batch_in_epoch = 0

@@ -8,10 +8,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
-from ..engine import dist
+from ..engine import ShieldedDataLoader, dist
 from .inference import predict
 from .metric import SegMetric
 
@@ -75,8 +75,8 @@ def evaluate_segmentation(model, dataset, eval_cfg, class_names: Sequence[str], 
     indices = list(range(rank, len(dataset), world))
     if eval_cfg.max_images > 0:
         indices = indices[: -(-int(eval_cfg.max_images) // world)]
-    loader = DataLoader(Subset(dataset, indices), batch_size=1, num_workers=int(eval_cfg.num_workers),
-                        collate_fn=_single)
+    loader = ShieldedDataLoader(Subset(dataset, indices), batch_size=1, num_workers=int(eval_cfg.num_workers),
+                                collate_fn=_single)
     metric = SegMetric(len(class_names), class_names, ignore_index, device)
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
