@@ -10,13 +10,11 @@ mean per-class accuracies side by side and writes them to output/bench_cls_init/
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from maetransfer.cls.train import run  # noqa: E402
-from maetransfer.config import load_config  # noqa: E402
+from maetransfer.cls.train import run
+from maetransfer.config import load_config
+from pretrain.demo import resolve_init_checkpoint
 
 CONFIG = "configs/cls/demo.yaml"
 
@@ -29,7 +27,7 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     results = {}
     for name, init in (("mae", "demo"), ("random", "")):
-        cfg = load_config(CONFIG, [*args.overrides, f"train.init_checkpoint={init}",
+        cfg = load_config(CONFIG, [*args.overrides, f"train.init_checkpoint={init and resolve_init_checkpoint(init)}",
                                    f"train.output_dir={out / name}"])
         results[name] = run(cfg)
     cfg_summary = f"{cfg.model.arch}, {cfg.train.epochs} epochs, {cfg.data.input_size} px"

@@ -12,18 +12,14 @@ compressed-RLE masks, as a detector's results file holds them. Prints each backe
 and whether the 12 stats agree.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from maetransfer.det.evaluator import STAT_NAMES, coco_eval  # noqa: E402
+from maetransfer.det.evaluator import STAT_NAMES, coco_eval
 
 
 def star_polygon(rng, cx: float, cy: float, radius: float, vertices: int, inner: float = 0.6) -> np.ndarray:

@@ -13,11 +13,7 @@ training; the numbers measure compute, not data loading.
 import argparse
 import multiprocessing as mp
 import resource
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _targets(batch, size, num_classes, generator, first_label):

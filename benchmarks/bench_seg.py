@@ -15,12 +15,8 @@ belongs to that model alone. Inputs are random; the numbers measure compute, not
 import argparse
 import multiprocessing as mp
 import resource
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODELS = ("vit_base", "demo", "torchvision_deeplabv3_r50")
 

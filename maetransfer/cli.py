@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 import torch
 from omegaconf import DictConfig
 
+from . import zoo
 from .config import ConfigError, load_config
 from .errors import InputError
 from .engine import CHECKPOINT_NAME, RunStopped, dist, progress, slurm
@@ -185,23 +186,33 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
 
 
 def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, run: Callable,
-                      errors: Tuple[Type[BaseException], ...] = (), argv: Optional[Sequence[str]] = None):
+                      errors: Tuple[Type[BaseException], ...] = (), argv: Optional[Sequence[str]] = None,
+                      resolve_init: Callable[[str, bool], str] = zoo.resolve,
+                      pretrains_first: Callable[[str], bool] = lambda spec: False):
     """The main() of train_det / train_seg / train_cls (`tool`): parse, default the output dir to <the tool's
-    root>/<config name>, then `run(cfg, eval_only=..., checkpoint=...)` with its stages announced in order; returns
-    (resolved config, what run returned)."""
-    from pretrain.demo import pretrains_demo_encoder  # here: pretrain imports this package
-
+    root>/<config name>, turn the checkpoint specs into files (`--checkpoint` with the zoo, train.init_checkpoint with
+    `resolve_init`, which the tools extend with the demo encoder; `pretrains_first(spec)`: whether that pretrains it
+    first), then `run(cfg, eval_only=..., checkpoint=...)` with its stages announced in order; returns (resolved
+    config, what run returned)."""
     demo_config = TOOL_DEFAULTS[tool][0]
     parser = tool_parser(doc, demo_config, checkpoint_help)
     args, cfg = parse_config(parser, argv, tool)
     prepare_output(parser, lambda: (check_demo_data(cfg, demo_config),
                                     check_output_dir(cfg, args.eval_only, demo_config)))
     stages = ["evaluate"] if args.eval_only else ["train", "evaluate"]
-    if not args.eval_only and pretrains_demo_encoder(cfg.train.init_checkpoint):
+    if not args.eval_only and pretrains_first(cfg.train.init_checkpoint):
         stages.insert(0, "pretrain")
+    unsafe = bool(cfg.train.unsafe_load)
+
+    def resolve_and_run():
+        if cfg.train.init_checkpoint and not args.eval_only:
+            cfg.train.init_checkpoint = str(resolve_init(cfg.train.init_checkpoint, unsafe))
+        checkpoint = str(zoo.resolve(args.checkpoint, unsafe)) if args.checkpoint else None
+        return run(cfg, eval_only=args.eval_only, checkpoint=checkpoint)
+
     start = time.time()
     with progress.planned_stages(stages):
-        result = run_tool(parser, lambda: run(cfg, eval_only=args.eval_only, checkpoint=args.checkpoint), errors)
+        result = run_tool(parser, resolve_and_run, errors)
     if dist.is_main_process():
         print(f"finished in {progress.format_duration(time.time() - start)}; outputs in {cfg.train.output_dir}")
     return cfg, result

@@ -1,10 +1,11 @@
 """Released checkpoints by name: where each file is published, how it is checked, and the number it should reproduce.
 
 Every tool that takes a checkpoint path also takes a name listed here (`--checkpoint mae_finetuned_vit_base`,
-`train.init_checkpoint=mae_pretrain_vit_large`) or a Hugging Face hub id (`facebook/vit-mae-base`): the checkpoint
-reader calls `fetch` for a path that does not exist. Files are downloaded once into torch's hub cache
-(`cache_dir()`), resuming a partial file, checked against the published digest prefix and for the registered format,
-ViT size and contents, then renamed into place; hub ids go through huggingface_hub's own cache. Nothing is fetched at
+`train.init_checkpoint=mae_pretrain_vit_large`) or a Hugging Face hub id (`facebook/vit-mae-base`): the tools turn
+each such spec into a file with `resolve` before anything reads it (the checkpoint reader only reads files). Files
+are downloaded once into torch's hub cache (`cache_dir()`), resuming a partial file, checked against the published
+digest prefix and for the registered format, ViT size and contents, then renamed into place; hub ids go through
+huggingface_hub's own cache. Nothing is fetched at
 import. `python -m maetransfer.zoo` lists the names with their published numbers and the commands that reproduce them;
 `python -m maetransfer.zoo NAME ...` downloads and prints the local paths.
 """
@@ -135,6 +136,19 @@ def cache_dir() -> Path:
     """torch's hub cache, `$TORCH_HOME/hub/checkpoints` (TORCH_HOME defaults to `$XDG_CACHE_HOME/torch`, that is
     ~/.cache/torch): the folder and file names of torch.hub.load_state_dict_from_url, so its downloads count too."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve(spec: str, unsafe: bool = False) -> Path:
+    """The file (or Hugging Face folder) of a checkpoint spec: an existing path as it is, a released name or a hub id
+    downloaded and checked on first use; CheckpointError (one line) for anything else."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    fetched = fetch(spec, unsafe)
+    if fetched is None:
+        raise CheckpointError(f"{spec}: checkpoint not found (no such file or folder, and not a name that "
+                              f"`python -m maetransfer.zoo` lists)")
+    return fetched
 
 
 def fetch(spec: str, unsafe: bool = False) -> Optional[Path]:

@@ -14,6 +14,7 @@ from maetransfer.cli import TOOL_DEFAULTS
 from maetransfer.config import load_config
 from maetransfer.data.demo import render_scenes
 from maetransfer.engine import dist
+from maetransfer.zoo import resolve
 
 from .main import run
 
@@ -81,13 +82,11 @@ def pretrains_demo_encoder(init_checkpoint: str) -> bool:
     return init_checkpoint == DEMO_INIT and not demo_encoder_path().is_file()
 
 
-def resolve_init_checkpoint(path: str) -> str:
-    """`train.init_checkpoint` for the checkpoint reader: 'demo' becomes the demo encoder's path, pretrained once by
-    the main process while the other processes wait; anything else (a path, a released name) passes unchanged."""
-    if path != DEMO_INIT:
-        return path
-    if dist.is_main_process():
-        with dist.alone():  # a one-process pretraining, whatever the job's size
-            ensure_demo_encoder()
-    dist.barrier()
-    return str(ensure_demo_encoder())
+def resolve_init_checkpoint(spec: str, unsafe: bool = False) -> str:
+    """`train.init_checkpoint` as a file, before the process group is joined: 'demo' becomes the demo encoder,
+    pretrained by one process alone (the others wait for its lock); a path, released name or hub id resolves as
+    everywhere (`maetransfer.zoo.resolve`)."""
+    if spec != DEMO_INIT:
+        return str(resolve(spec, unsafe))
+    with dist.alone():  # a one-process pretraining, whatever the job's size
+        return str(ensure_demo_encoder())

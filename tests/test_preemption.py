@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from maetransfer.engine import RunStopped
-from maetransfer.engine import trainer as trainer_module
 from tiny_trainer import train_tiny_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +91,7 @@ def test_a_signal_during_an_evaluation_or_a_checkpoint_write_waits_for_it(during
             if not (folder / "checkpoint.pth").exists():  # the first write (update 5): signalled half-way
                 os.kill(os.getpid(), signal.SIGTERM)
             real_save(obj, path)
-        monkeypatch.setattr(trainer_module.torch, "save", save_with_a_signal)
+        monkeypatch.setattr(torch, "save", save_with_a_signal)
     with pytest.raises(RunStopped) as stopped:
         _train(folder, ["train.eval_period=3"], during=during)
     stop_iter = {"evaluation": 3, "checkpoint write": 5}[during]

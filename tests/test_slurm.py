@@ -231,7 +231,8 @@ def test_a_job_requeued_mid_run_ends_as_an_uninterrupted_run(interruption, image
     text = log.read_text()
     stop = re.search(stop_line.format(job=job_id), text)
     assert stop, text
-    assert re.search(rf"resumed from {re.escape(str(run / 'checkpoint.pth'))} at epoch \d+, iteration {stop[1]}\n", text)
+    checkpoint = re.escape(str(run / "checkpoint.pth"))
+    assert re.search(rf"resumed from {checkpoint} at epoch \d+, iteration {stop[1]}\n", text)
     _assert_same_weights(run, pretrain_references["long"])
     assert _records(run) == list(range(1, 41))
 

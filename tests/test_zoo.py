@@ -126,14 +126,14 @@ def _register(monkeypatch, server, name, body, contents="encoder", **fields) -> 
 def test_a_name_downloads_once_is_checked_and_reads_as_the_file(server, cache, monkeypatch, encoder):
     state, body = encoder
     _register(monkeypatch, server, "tiny_encoder", body)
-    ckpt = read_checkpoint("tiny_encoder")
+    ckpt = read_checkpoint(zoo.resolve("tiny_encoder"))
     assert ckpt.format == "mae" and set(ckpt.encoder) == set(state)
     for key, value in state.items():
         assert torch.equal(ckpt.encoder[key], value), key
     assert (cache / "tiny_encoder.pth").read_bytes() == body
     assert sorted(p.name for p in cache.iterdir()) == ["tiny_encoder.pth", "tiny_encoder.pth.lock"]  # no .partial
     assert server.requests == [("/releases/tiny_encoder.pth", None)]
-    read_checkpoint("tiny_encoder")
+    read_checkpoint(zoo.resolve("tiny_encoder"))
     assert len(server.requests) == 1  # from the cache, no request
 
 
@@ -395,7 +395,7 @@ def test_a_missing_file_path_is_never_taken_for_a_hub_id(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     for path in ("runs/model", "ckpt/mae_pretrain.pth", str(tmp_path / "runs" / "model")):  # folder, file suffix
         with pytest.raises(CheckpointError, match=f"{path}: checkpoint not found"):
-            read_checkpoint(path)
+            zoo.resolve(path)
 
 
 def test_the_listing_gives_every_name_its_published_number_and_command(capsys):

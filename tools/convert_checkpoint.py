@@ -15,6 +15,7 @@ from maetransfer.checkpoint import (WRITE_FORMATS, CheckpointError, encoder_arch
                                    save_checkpoint, save_detectron2_detector, unwrap_state)
 from maetransfer.cli import OutputPathError, check_writable_file, check_writable_folder
 from maetransfer.models import vit_size
+from maetransfer.zoo import resolve
 
 
 def main(argv=None):
@@ -35,7 +36,7 @@ def main(argv=None):
     except OutputPathError as exc:
         parser.exit(2, f"error: {exc}\n")
     try:
-        obj, hf_config = read_raw(args.src, unsafe=args.unsafe_load)
+        obj, hf_config = read_raw(resolve(args.src, args.unsafe_load), unsafe=args.unsafe_load)
         state, _ = unwrap_state(obj, args.src)
         if is_detector(state) and args.to == "detectron2":
             save_detectron2_detector(state, args.dst, args.src)

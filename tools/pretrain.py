@@ -7,12 +7,14 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import check_output_dir, parse_config, prepare_output, run_tool, tool_parser  # noqa: E402
-from maetransfer.engine import dist  # noqa: E402
-from pretrain.demo import DEMO_CONFIG, demo_data_root, write_demo_images  # noqa: E402
-from pretrain.main import run  # noqa: E402
+from maetransfer.cli import check_output_dir, parse_config, prepare_output, run_tool, tool_parser
+from maetransfer.engine import dist
+from maetransfer.zoo import resolve
+from pretrain.demo import DEMO_CONFIG, demo_data_root, write_demo_images
+from pretrain.main import run
 
 
 def main(argv=None):
@@ -24,7 +26,13 @@ def main(argv=None):
     # process writes them, each file by an atomic rename, as none knows its rank yet.)
     if Path(cfg.data.root).resolve() == demo_data_root().resolve():
         write_demo_images(cfg.data.root, size=cfg.model.img_size)
-    encoder = run_tool(parser, lambda: run(cfg))
+
+    def resolve_and_run():
+        if cfg.train.init_checkpoint:  # a released name or hub id becomes its file
+            cfg.train.init_checkpoint = str(resolve(cfg.train.init_checkpoint, bool(cfg.train.unsafe_load)))
+        return run(cfg)
+
+    encoder = run_tool(parser, resolve_and_run)
     if dist.is_main_process():
         print(f"encoder written to {encoder} (official mae_pretrain_vit_*.pth layout)")
 

@@ -13,16 +13,19 @@ Writes config.yaml, checkpoint.pth, log.jsonl, tb/, metrics.json and per_class_a
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import run_transfer_tool  # noqa: E402
-from maetransfer.cls.train import run  # noqa: E402
-from maetransfer.data.cls import DatasetError  # noqa: E402
+from maetransfer.cli import run_transfer_tool
+from maetransfer.cls.train import run
+from maetransfer.data.cls import DatasetError
+from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
 
 
 def main(argv=None) -> dict:
     return run_transfer_tool(__doc__, "train_cls", "classifier to evaluate (checkpoint.pth, "
-                             "mae_finetuned_vit_*.pth, a released name)", run, (DatasetError,), argv)[1]
+                             "mae_finetuned_vit_*.pth, a released name)", run, (DatasetError,), argv,
+                             resolve_init=resolve_init_checkpoint, pretrains_first=pretrains_demo_encoder)[1]
 
 
 if __name__ == "__main__":

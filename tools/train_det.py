@@ -12,17 +12,20 @@ COCO format, the demo-pretrained encoder, a few minutes on 2 cores).
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import run_transfer_tool  # noqa: E402
-from maetransfer.data.coco import CocoFormatError  # noqa: E402
-from maetransfer.det.train import run  # noqa: E402
+from maetransfer.cli import run_transfer_tool
+from maetransfer.data.coco import CocoFormatError
+from maetransfer.det.train import run
+from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
 
 
 def main(argv=None) -> dict:
     cfg, metrics = run_transfer_tool(__doc__, "train_det", "trained detector for --eval-only (this "
                                      "tool's checkpoint.pth, a ViTDet file, a released name)", run,
-                                     (CocoFormatError,), argv)
+                                     (CocoFormatError,), argv, resolve_init=resolve_init_checkpoint,
+                                     pretrains_first=pretrains_demo_encoder)
     if metrics:
         print("  ".join(f"{t} AP {m['AP']:.1f} AP50 {m['AP50']:.1f}" for t, m in metrics.items())
               + f"  -> {Path(cfg.train.output_dir) / 'metrics.json'}")

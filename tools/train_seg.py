@@ -12,15 +12,18 @@ vis/*.png (image | ground truth | prediction) to the output folder (default outp
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import run_transfer_tool  # noqa: E402
-from maetransfer.seg.train import run  # noqa: E402
+from maetransfer.cli import run_transfer_tool
+from maetransfer.seg.train import run
+from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
 
 
 def main(argv=None) -> dict:
     return run_transfer_tool(__doc__, "train_seg", "segmentor to evaluate (checkpoint.pth, an mmseg "
-                             "UperNet-MAE file or released name)", run, (ValueError,), argv)[1]
+                             "UperNet-MAE file or released name)", run, (ValueError,), argv,
+                             resolve_init=resolve_init_checkpoint, pretrains_first=pretrains_demo_encoder)[1]
 
 
 if __name__ == "__main__":

@@ -11,16 +11,18 @@ import argparse
 import sys
 from pathlib import Path
 
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from maetransfer.checkpoint import CheckpointError  # noqa: E402
-from maetransfer.cli import OutputPathError, check_writable_file  # noqa: E402
-from maetransfer.data.images import ImageReadError, read_rgb  # noqa: E402
-from pretrain.main import eval_transform  # noqa: E402
-from pretrain.models_mae import mae_from_checkpoint  # noqa: E402
-from pretrain.visualize import save_reconstructions  # noqa: E402
+from maetransfer.checkpoint import CheckpointError
+from maetransfer.cli import OutputPathError, check_writable_file
+from maetransfer.data.images import ImageReadError, read_rgb
+from maetransfer.zoo import resolve
+from pretrain.main import eval_transform
+from pretrain.models_mae import mae_from_checkpoint
+from pretrain.visualize import save_reconstructions
 
 
 def main(argv=None):
@@ -37,7 +39,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         check_writable_file(args.out, "--out")  # before the model is read
-        model = mae_from_checkpoint(args.checkpoint, args.unsafe_load, args.num_heads, args.decoder_num_heads)
+        model = mae_from_checkpoint(resolve(args.checkpoint, args.unsafe_load), args.unsafe_load, args.num_heads,
+                                    args.decoder_num_heads)
         model.norm_pix_loss = model.norm_pix_loss or args.norm_pix
         size = model.grid_size[0] * model.patch_size
         imgs = torch.stack([eval_transform(size)(read_rgb(p)) for p in args.images])

@@ -105,16 +105,11 @@ def _read_file(path: Path, unsafe: bool):
 
 
 def read_raw(path: Union[str, Path], unsafe: bool = False) -> Tuple[object, dict]:
-    """The file's object (or a HF folder's state dict) and a HF config if there is one. A path that does not exist
-    may be a released checkpoint's name or a Hugging Face hub id (`maetransfer.zoo`): fetched on first use."""
+    """The file's object (or a HF folder's state dict) and a HF config if there is one. Names of released
+    checkpoints and hub ids are resolved into files above this module (`maetransfer.zoo.resolve`)."""
     path = Path(path)
     if not path.exists():
-        from ..zoo import fetch  # here, not at the top: the zoo reads its downloads with this module
-        fetched = fetch(str(path), unsafe)
-        if fetched is None:
-            raise CheckpointError(f"{path}: checkpoint not found (no such file or folder, and not a name that "
-                                  f"`python -m maetransfer.zoo` lists)")
-        path = fetched
+        raise CheckpointError(f"{path}: checkpoint not found (no such file or folder)")
     try:
         if path.is_dir():
             return _read_hf_folder(path, unsafe)

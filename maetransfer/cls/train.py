@@ -112,8 +112,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     if eval_only:
         return evaluate_checkpoint(model, load_classifier, checkpoint, cfg, device, evaluate)
 
-    from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
-    init = resolve_init_checkpoint(cfg.train.init_checkpoint)
+    init = cfg.train.init_checkpoint  # a file: the tool resolved released names and the demo encoder
     if init:
         load_pretrained(model, init, bool(cfg.train.unsafe_load))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),

@@ -88,9 +88,8 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
         evaluate_checkpoint(model, load_detector, checkpoint, cfg, device, evaluate)
         return final
 
-    if cfg.train.init_checkpoint:
-        from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
-        load_pretrained(model, resolve_init_checkpoint(cfg.train.init_checkpoint), bool(cfg.train.unsafe_load))
+    if cfg.train.init_checkpoint:  # a file: the tool resolved released names and the demo encoder
+        load_pretrained(model, cfg.train.init_checkpoint, bool(cfg.train.unsafe_load))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
                           num_layers=model.backbone.net.depth + 1)
     trainer = Trainer(cfg, model, groups, train_set, detection_loss, str(output_dir),

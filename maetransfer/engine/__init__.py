@@ -1,4 +1,4 @@
 from . import dist, slurm
 from .preemption import RunStopped, ShieldedDataLoader
-from .trainer import (CHECKPOINT_NAME, EpochSampler, Trainer, TrainingError, atomic_save, evaluate_checkpoint,
-                      remove_stale_temporaries, resolve_device, seed_everything, setup_process)
+from .checkpointing import CHECKPOINT_NAME, TrainingError, atomic_save, remove_stale_temporaries
+from .trainer import EpochSampler, Trainer, evaluate_checkpoint, resolve_device, seed_everything, setup_process

@@ -34,6 +34,8 @@ def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) ->
     timeout_minutes (train.dist_timeout): how long joining, and later a collective, waits for the other processes
     before failing, instead of hanging on a process that died or never started."""
     export_launch_environment()
+    if _alone:
+        return
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":

@@ -4,7 +4,8 @@ One optimizer update is one "iteration": the lr schedule, logging, checkpoint an
 Resuming is exact, also mid-epoch and with any num_workers: the sample order of an epoch depends only on (seed,
 epoch), each sample's augmentation is seeded from (seed, epoch, index) (`SeededSamples`), every epoch reseeds the
 training process's RNGs from (seed, epoch, rank), and a checkpoint also stores every process's RNG states and the
-position inside the epoch.
+position inside the epoch (`checkpointing`: what a checkpoint holds, its atomic writes and the checks of a resume
+file).
 
 A stop signal (preemption's SIGTERM, Slurm's time-limit warning USR1 / USR2) ends a run at the next update, the same
 one on every process, with its checkpoint written; a time-limit warning also requeues the Slurm job (`preemption`).
@@ -16,12 +17,9 @@ line naming the file); so does a non-finite loss, naming the checkpoint that rea
 import json
 import math
 import os
-import pickle
 import random
-import re
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -36,20 +34,11 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from ..config import ConfigError, save_config, to_dict
-from ..errors import InputError
 from ..optim import base_lr, build_optimizer, lr_at
 from . import dist, progress, slurm
+from .checkpointing import (CHECKPOINT_NAME, EMA_NAME, TrainingError, atomic_save, read_training_checkpoint,
+                            remove_stale_temporaries, rng_state, set_rng_state, state_mismatch)
 from .preemption import NO_STOP, STOP_AND_REQUEUE, RunStopped, ShieldedDataLoader, StopRequests
-
-CHECKPOINT_NAME = "checkpoint.pth"
-EMA_NAME = "model_ema.pth"
-# What a resumable checkpoint of this engine holds besides optional EMA weights and the config.
-CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "iter", "batch_in_epoch", "rng")
-
-
-class TrainingError(InputError):
-    """A run cannot start or go on because of its input: the resume file, the training set, or a diverging loss."""
-
 
 class EpochSampler(Sampler):
     """Shards a seeded per-epoch permutation across ranks (as DistributedSampler) and can start mid-epoch."""
@@ -139,62 +128,6 @@ class SeededSamples(Dataset):
             random.setstate(py_state)
 
 
-def _rng_state() -> Dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": random.getstate()}
-
-
-def _set_rng_state(state: Dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# atomic_save's temporary file of a checkpoint (.pth): `.<name>.tmp<pid of the writer>`
-_TEMPORARY_CHECKPOINT = re.compile(r"\.(.+\.pth)\.tmp(\d+)")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
-def remove_stale_temporaries(folder: Path) -> List[Path]:
-    """Delete the temporary checkpoint files that a killed run left in `folder` (each as large as a checkpoint):
-    those whose writer no longer runs, or whose pid is this process's own (a pid reused after a restart, e.g. in a
-    container; this process has not written yet). A live process's file is kept: it may still be writing it."""
-    removed = []
-    for path in sorted(folder.glob(".*.pth.tmp*")):
-        match = _TEMPORARY_CHECKPOINT.fullmatch(path.name)
-        if match and (int(match[2]) == os.getpid() or not _process_alive(int(match[2]))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def _drop_records_after(log: Path, last_iter: int) -> None:
     """Rewrite `log` (atomically) without the records past `last_iter`, which a resumed run writes again."""
     if not log.is_file():
@@ -210,24 +143,6 @@ def _drop_records_after(log: Path, last_iter: int) -> None:
     tmp = log.with_name(f".{log.name}.tmp{os.getpid()}")
     tmp.write_text("".join(kept))
     os.replace(tmp, log)
-
-
-def _names(keys: List[str], limit: int = 3) -> str:
-    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def _state_mismatch(saved: Dict, expected: Dict) -> str:
-    """How a saved state dict differs from a model's, in a few words ('' when names and shapes agree)."""
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
-    reshaped = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
-    parts = [f"it lacks {_names(missing)}"] if missing else []
-    parts += [f"it has {_names(unexpected)}, which this model lacks"] if unexpected else []
-    if reshaped:
-        key = reshaped[0]
-        parts.append(f"{key} is {tuple(saved[key].shape)} in the file but {tuple(expected[key].shape)} in this model"
-                     + (f", and {len(reshaped) - 1} more tensors differ in shape" if len(reshaped) > 1 else ""))
-    return "; ".join(parts)
 
 
 def _dataset_name(dataset: Dataset) -> str:
@@ -356,7 +271,7 @@ class Trainer:
         return self.output_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self) -> None:
-        rng = dist.all_gather_object(_rng_state())  # every process's own: each draws its own dropout and masks
+        rng = dist.all_gather_object(rng_state())  # every process's own: each draws its own dropout and masks
         if dist.is_main_process():
             atomic_save({"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
@@ -369,36 +284,11 @@ class Trainer:
         dist.barrier()
         self.last_checkpoint = (self.checkpoint_path(), self.iter)
 
-    def _read_checkpoint(self, path: Path) -> Dict:
-        """The checkpoint at `path`, or TrainingError saying in one line why it cannot be resumed from."""
-        if not path.exists():
-            raise TrainingError(f"{path}: cannot resume: no such file (train.resume)")
-        if not path.is_file():
-            raise TrainingError(f"{path}: cannot resume: a folder, not a checkpoint file (train.resume)")
-        try:
-            with warnings.catch_warnings():  # e.g. about the pickle protocol: lines on top of the one-line report
-                warnings.simplefilter("ignore")
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # A checkpoint of this engine holds only tensors and plain data: anything else is never unpickled
-            # (it could run code), whatever --unsafe-load says.
-            raise TrainingError(f"{path}: cannot resume: it holds Python objects that weights_only loading refuses "
-                                f"to unpickle, so it is no checkpoint of this engine") from None
-        except Exception as exc:
-            raise TrainingError(f"{path}: cannot resume: corrupt or not a PyTorch file ({type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:160]})") from None
-        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
-        if missing or not (isinstance(ckpt["model"], dict) and all(map(torch.is_tensor, ckpt["model"].values()))):
-            raise TrainingError(f"{path}: cannot resume: not a training checkpoint of this engine (no "
-                                f"{_names(missing or ['model weights'])}); to start from its weights use "
-                                f"train.init_checkpoint")
-        return ckpt
-
     def resume(self, path) -> None:
         """Continue the run that wrote `path`: weights, optimizer, EMA, position and every process's RNGs."""
         path = Path(path)
-        ckpt = self._read_checkpoint(path)
-        mismatch = _state_mismatch(ckpt["model"], self.model_without_ddp.state_dict())
+        ckpt = read_training_checkpoint(path)
+        mismatch = state_mismatch(ckpt["model"], self.model_without_ddp.state_dict())
         if mismatch:
             raise TrainingError(f"{path}: cannot resume: its weights are another model's: {mismatch}")
         if self.ema is not None and "model_ema" not in ckpt:
@@ -575,7 +465,7 @@ class Trainer:
         accum = int(t.accum_iter)
         while self.iter < self.total_iters:
             if self._resume_rng is not None and self.batch_in_epoch > 0:
-                _set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
+                set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
             else:
                 seed_everything(int(t.seed) + 1000 * self.epoch + self.rank)
             self._resume_rng = None

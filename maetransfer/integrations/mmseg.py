@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from ..checkpoint import load_encoder_state, load_into
 from ..models import MultiLevelPyramid, vit_out_indices
 from ..seg.segmentor import mae_backbone
+from ..zoo import resolve
 
 try:
     from mmengine.model import BaseModule
@@ -39,7 +40,7 @@ if AVAILABLE:
 
         def init_weights(self):
             if self.pretrained:
-                load_into(self.vit, load_encoder_state(self.pretrained), source=self.pretrained)
+                load_into(self.vit, load_encoder_state(resolve(self.pretrained)), source=self.pretrained)
 
         def forward(self, x):
             return tuple(self.vit.forward_maps(x, self.out_indices))

@@ -86,8 +86,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     if eval_only:
         return evaluate_checkpoint(model, load_segmentor, checkpoint, cfg, device, evaluate)
 
-    from pretrain.demo import resolve_init_checkpoint  # 'demo' -> the demo-pretrained encoder
-    init = resolve_init_checkpoint(cfg.train.init_checkpoint)
+    init = cfg.train.init_checkpoint  # a file: the tool resolved released names and the demo encoder
     if init:
         load_into(model.backbone, load_encoder_state(init, bool(cfg.train.unsafe_load)), source=init)
     if cfg.model.norm == "SyncBN" and dist.get_world_size() > 1:
