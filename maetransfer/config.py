@@ -58,6 +58,50 @@ DECLARED_TYPES: Dict[str, ValueType] = {
 }
 
 
+# Keys that take one of a few words (a key a task lacks is never looked up). Checked wherever a value is set -- a
+# derived recipe or the command line -- so a misspelt word ends with one line before anything runs.
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.schedule": ("cosine", "step", "poly", "constant"),
+    "train.optimizer": ("adamw", "sgd", "lars"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "eval.amp": ("none", "bf16", "fp16"),
+    "model.arch": ("vit_micro", "vit_demo", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge"),
+    "model.rel_pos": ("decomposed", "bias", ""),          # det, seg
+    "model.pyramid": ("simple", "multilevel"),            # det
+    "model.pyramid_norm": ("LN", "BN", "SyncBN", "GN", ""),  # det
+    "model.norm": ("BN", "SyncBN"),                       # seg
+    "model.mode": ("finetune", "linear", "partial"),      # cls
+    "model.global_pool": ("avg", "token"),                # cls
+    "model.mask_sampler": ("random", "block", "grid"),    # pretrain
+    "data.format": ("imagefolder", "inat", "places"),     # cls
+    "eval.mode": ("slide", "whole"),                      # seg
+}
+# Numbers with a range: (test, what the value must be). None passes where the key's type allows it.
+_AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_AT_LEAST_0 = (lambda v: v >= 0, "at least 0")
+RANGES = {
+    **{f"train.{k}": _AT_LEAST_1 for k in ("batch_size", "accum_iter", "log_period")},
+    **{f"train.{k}": _AT_LEAST_0 for k in ("epochs", "max_iters", "num_workers", "checkpoint_period", "eval_period",
+                                           "warmup_epochs", "warmup_iters", "weight_decay", "min_lr", "num_threads")},
+    "train.lr": (lambda v: v > 0, "above 0"),
+    "train.blr": (lambda v: v > 0, "above 0"),
+    "train.layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.mask_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def _value_problem(name: str, value) -> Optional[str]:
+    """Why `value` is not allowed for key `name` (None when it is)."""
+    if name in CHOICES and value not in CHOICES[name]:
+        return "is not one of " + ", ".join(repr(c) if c == "" else c for c in CHOICES[name])
+    if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        test, what = RANGES[name]
+        return None if test(value) else f"must be {what}"
+    return None
+
+
 def _type_of(default) -> ValueType:
     if default is None:
         return ()  # unknown: any value
@@ -125,6 +169,9 @@ def _check_types(base: dict, override: dict, source: str, typed_as: Dict[str, st
             checked[key] = _coerce(value, value_type)
         except TypeError:
             raise ConfigError(f"{source}: {name}={shown} is not {_describe(value_type)}") from None
+        problem = _value_problem(name, checked[key])
+        if problem:
+            raise ConfigError(f"{source}: {name}={shown} {problem}")
     return checked
 
 

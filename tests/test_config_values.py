@@ -1,0 +1,76 @@
+"""Allowed values are checked when the command line is parsed: a word a key does not take, or a number out of its
+range, ends the tool with one line naming the key, the value and what is allowed (exit 2), before anything is
+written; every recipe under configs/ passes the same checks, and the lists agree with the code that uses them."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from maetransfer.config import CHOICES, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_recipe_passes_the_checks():
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        load_config(path)
+
+
+def test_the_lists_agree_with_the_code_that_reads_the_keys():
+    from maetransfer.cls.model import MODES
+    from maetransfer.data.cls import FORMATS
+    from maetransfer.models.vit import VIT_SIZES
+    from maetransfer.optim import lr_at
+
+    assert set(CHOICES["model.arch"]) == set(VIT_SIZES)
+    assert set(CHOICES["model.mode"]) == set(MODES)
+    assert set(CHOICES["data.format"]) == set(FORMATS)
+    cfg = load_config(ROOT / "configs/train_defaults.yaml")
+    for schedule in CHOICES["train.schedule"]:  # each word is a schedule the engine computes
+        cfg.train.schedule = schedule
+        assert lr_at(cfg.train, 5, 10, 10, 1.0) >= 0
+
+
+def _main(tool):
+    spec = importlib.util.spec_from_file_location(f"{tool}_tool", ROOT / "tools" / f"{tool}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+BAD_VALUES = [
+    ("train_cls", "train.amp=bf17", "train.amp=bf17 is not one of none, bf16, fp16"),
+    ("train_cls", "train.schedule=cosin", "train.schedule=cosin is not one of cosine, step, poly, constant"),
+    ("train_cls", "train.optimizer=adamww", "train.optimizer=adamww is not one of adamw, sgd, lars"),
+    ("train_cls", "train.device=gpu", "train.device=gpu is not one of auto, cpu, cuda"),
+    ("train_cls", "eval.amp=fp32", "eval.amp=fp32 is not one of none, bf16, fp16"),
+    ("train_cls", "model.arch=vit_bsae",
+     "model.arch=vit_bsae is not one of vit_micro, vit_demo, vit_tiny, vit_small, vit_base, vit_large, vit_huge"),
+    ("train_cls", "model.mode=linprobe", "model.mode=linprobe is not one of finetune, linear, partial"),
+    ("train_cls", "model.global_pool=mean", "model.global_pool=mean is not one of avg, token"),
+    ("train_cls", "data.format=coco", "data.format=coco is not one of imagefolder, inat, places"),
+    ("train_det", "model.rel_pos=rope", "model.rel_pos=rope is not one of decomposed, bias, ''"),
+    ("train_det", "model.pyramid=fpn", "model.pyramid=fpn is not one of simple, multilevel"),
+    ("train_det", "model.pyramid_norm=IN", "model.pyramid_norm=IN is not one of LN, BN, SyncBN, GN, ''"),
+    ("train_seg", "model.norm=GN", "model.norm=GN is not one of BN, SyncBN"),
+    ("train_seg", "eval.mode=sliding", "eval.mode=sliding is not one of slide, whole"),
+    ("pretrain", "model.mask_sampler=rand", "model.mask_sampler=rand is not one of random, block, grid"),
+    ("pretrain", "model.mask_ratio=1.5", "model.mask_ratio=1.5 must be in (0, 1)"),
+    ("pretrain", "train.batch_size=0", "train.batch_size=0 must be at least 1"),
+    ("train_det", "train.layer_decay=0", "train.layer_decay=0 must be in (0, 1]"),
+    ("train_cls", "train.ema_decay=1", "train.ema_decay=1 must be in [0, 1)"),
+    ("train_seg", "train.num_workers=-1", "train.num_workers=-1 must be at least 0"),
+]
+
+
+@pytest.mark.parametrize("tool, override, line", BAD_VALUES, ids=[o for _, o, _ in BAD_VALUES])
+def test_a_value_a_key_does_not_take_is_one_line_before_anything_is_written(tool, override, line, tmp_path,
+                                                                            capsys):
+    earlier = tmp_path / "earlier.txt"
+    earlier.write_text("a file of an earlier run")
+    with pytest.raises(SystemExit) as exit_info:
+        _main(tool)([override, "--output-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: command line: {line}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.txt"]
+    assert earlier.read_text() == "a file of an earlier run"
