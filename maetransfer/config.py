@@ -69,7 +69,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.arch": ("vit_micro", "vit_demo", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge"),
     "model.rel_pos": ("decomposed", "bias", ""),          # det, seg
     "model.pyramid": ("simple", "multilevel"),            # det
-    "model.pyramid_norm": ("LN", "BN", "SyncBN", "GN", ""),  # det
+    **{f"model.{k}": ("LN", "BN", "SyncBN", "GN", "") for k in ("pyramid_norm", "fpn_norm", "head_norm")},  # det
     "model.norm": ("BN", "SyncBN"),                       # seg
     "model.mode": ("finetune", "linear", "partial"),      # cls
     "model.global_pool": ("avg", "token"),                # cls

@@ -52,6 +52,7 @@ BAD_VALUES = [
     ("train_det", "model.rel_pos=rope", "model.rel_pos=rope is not one of decomposed, bias, ''"),
     ("train_det", "model.pyramid=fpn", "model.pyramid=fpn is not one of simple, multilevel"),
     ("train_det", "model.pyramid_norm=IN", "model.pyramid_norm=IN is not one of LN, BN, SyncBN, GN, ''"),
+    ("train_det", "model.head_norm=IN", "model.head_norm=IN is not one of LN, BN, SyncBN, GN, ''"),
     ("train_seg", "model.norm=GN", "model.norm=GN is not one of BN, SyncBN"),
     ("train_seg", "eval.mode=sliding", "eval.mode=sliding is not one of slide, whole"),
     ("pretrain", "model.mask_sampler=rand", "model.mask_sampler=rand is not one of random, block, grid"),

@@ -3,6 +3,9 @@ reproduces the numbers from the checkpoint, a detector exports to detectron2's l
 from detectron2's ViTDet modules) and back bit-exact, bad inputs end with one line naming the file."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,18 @@ def test_detectron2_files_with_numpy_arrays_and_bad_detector_files(tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         _convert(tmp_path / "ml.pth", tmp_path / "ml_d2.pth", "--to", "detectron2")
     assert "no detectron2 ViTDet equivalent" in str(exit_info.value) and not (tmp_path / "ml_d2.pth").exists()
+
+
+def test_the_table4_config_with_batchnorm_trains_with_two_cpu_processes(tmp_path):
+    """BN in the FPN and heads becomes SyncBatchNorm only on GPUs: a 2-process gloo run keeps per-process BatchNorm,
+    says so once, and trains."""
+    data = write_demo_coco(tmp_path / "coco", num_train=8, num_val=2, size=64, max_shapes=2)
+    args = [arg if not arg.startswith("model.anchor_sizes=") else "model.anchor_sizes=[8,16,32,64,128]"  # 5 levels
+            for arg in _args(data, tmp_path / "run", "train.max_iters=2", "train.warmup_iters=1")]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29734",
+                          "tools/train_det.py", "--config", "configs/det/mask_rcnn_vit_base_coco_mae_table4.yaml",
+                          *args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("SyncBatchNorm needs CUDA; this CPU run keeps per-process BatchNorm") == 1
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["iter"] == 2

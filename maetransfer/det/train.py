@@ -67,8 +67,8 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     dist.barrier()
     train_set, val_set = build_datasets(cfg, eval_only)
     model = build_mask_rcnn(cfg.model, val_set.num_classes, float(cfg.eval.mask_threshold))
-    if dist.get_world_size() > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN variants (Table 4) normalise across processes
+    # BN variants (Table 4) normalise across processes, as detectron2's SyncBN
+    model = dist.sync_batchnorm(model, device, "BN in model.pyramid_norm / fpn_norm / head_norm")
     evaluator = COCOEvaluator(val_set, output_dir, batch_size=int(cfg.eval.batch_size),
                               num_workers=int(cfg.train.num_workers), amp=cfg.eval.amp,
                               max_images=int(cfg.eval.max_images))

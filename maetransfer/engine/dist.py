@@ -110,6 +110,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sync_batchnorm(model: torch.nn.Module, device: torch.device, setting: str) -> torch.nn.Module:
+    """`model` with its BatchNorm layers synchronised across the processes of a multi-process GPU run (`setting`, the
+    config key that asks for it, is named in the note). SyncBatchNorm needs CUDA: a CPU run keeps per-process
+    BatchNorm and says so once."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if get_world_size() == 1 or not has_bn:
+        return model
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if is_main_process():
+        print(f"{setting}: SyncBatchNorm needs CUDA; this CPU run keeps per-process BatchNorm")
+    return model
+
+
 def any_process(flag: bool) -> bool:
     """Whether `flag` is true on any process (one small all-reduce; on the GPU under NCCL)."""
     if not is_dist():

@@ -89,11 +89,8 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     init = cfg.train.init_checkpoint  # a file: the tool resolved released names and the demo encoder
     if init:
         load_into(model.backbone, load_encoder_state(init, bool(cfg.train.unsafe_load)), source=init)
-    if cfg.model.norm == "SyncBN" and dist.get_world_size() > 1:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif dist.is_main_process():
-            print("model.norm=SyncBN: SyncBatchNorm needs CUDA; this CPU run keeps per-process BatchNorm")
+    if cfg.model.norm == "SyncBN":
+        model = dist.sync_batchnorm(model, device, "model.norm=SyncBN")
     train_set = ADE20KDataset(cfg.data.root, cfg.data.train_split, transform=SegTrainTransform(cfg.data, ignore),
                               **common)
     # no_weight_decay=(): decay everything but 1-D tensors, as mmseg's LayerDecayOptimizerConstructor does in effect
