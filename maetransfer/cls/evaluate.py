@@ -2,7 +2,6 @@
 import csv
 import json
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -15,6 +14,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..engine import ShieldedDataLoader, dist
+from ..engine.amp import autocast
 
 
 CONFUSION_MAX_CLASSES = 50  # a confusion-matrix picture is readable only for a few classes
@@ -78,11 +78,6 @@ class AccuracyCounter:
         return out
 
 
-def _autocast(device: torch.device, amp: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int,
                         device: torch.device, num_workers: int = 0, amp: str = "none") -> AccuracyCounter:
@@ -99,7 +94,7 @@ def evaluate_classifier(model: nn.Module, dataset: Dataset, num_classes: int, ba
     model.eval()
     counter = AccuracyCounter(num_classes)
     for images, labels in tqdm(loader, desc="eval", disable=not dist.is_main_process(), dynamic_ncols=True):
-        with _autocast(device, amp):
+        with autocast(device.type, amp):
             logits = model(images.to(device, non_blocking=True))
         counter.update(logits, labels.to(device))
     model.train(was_training)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..data.coco import CocoDetection, collate_detection
 from ..engine import ShieldedDataLoader, dist
+from ..engine.amp import autocast
 
 try:
     import faster_coco_eval
@@ -130,7 +131,7 @@ class COCOEvaluator:
         self.output_dir = Path(output_dir)
         self.iou_types = tuple(iou_types)
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.amp = amp
         self.max_images = max_images
         self.category_names = dict(zip(dataset.category_ids, dataset.category_names))
 
@@ -150,14 +151,13 @@ class COCOEvaluator:
         model.eval()
         loader = ShieldedDataLoader(Subset(self.dataset, self.image_indices()), batch_size=self.batch_size,
                                     num_workers=self.num_workers, collate_fn=collate_detection)
-        autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype and device.type == "cuda"
-                    else nullcontext())
+        mixed_precision = autocast(device.type, self.amp) if device.type == "cuda" else nullcontext()
         results = []
         for images, targets in tqdm(loader, desc="evaluate", disable=not dist.is_main_process(),
                                     dynamic_ncols=True):
             ids = [int(t["image_id"]) for t in targets]
             sizes = [(self.dataset.coco.imgs[i]["height"], self.dataset.coco.imgs[i]["width"]) for i in ids]
-            with autocast:
+            with mixed_precision:
                 outputs = model([img.to(device) for img in images], output_sizes=sizes)
             for out, image_id in zip(outputs, ids):
                 results += instances_to_results(out, image_id, self.dataset.category_ids)

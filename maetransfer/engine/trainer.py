@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, save_config, to_dict
 from ..optim import base_lr, build_optimizer, lr_at
-from . import dist, progress, slurm
+from . import amp, dist, progress, slurm
 from .checkpointing import (CHECKPOINT_NAME, EMA_NAME, TrainingError, atomic_save, read_training_checkpoint,
                             remove_stale_temporaries, rng_state, set_rng_state, state_mismatch)
 from .preemption import NO_STOP, STOP_AND_REQUEUE, RunStopped, ShieldedDataLoader, StopRequests
@@ -238,8 +238,7 @@ class Trainer:
             self.model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                                  else None, find_unused_parameters=find_unused_parameters)
         self.optimizer = build_optimizer(t, param_groups)
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         # Exponential moving average of the weights (timm), updated after every optimizer step and evaluated
         # instead of the raw weights; off (0) in every published MAE recipe.
         self.ema = ModelEmaV3(self.model_without_ddp, decay=float(t.ema_decay)) if t.ema_decay > 0 else None
@@ -364,7 +363,7 @@ class Trainer:
         """One micro-batch; returns True when it completed an optimizer update."""
         last_micro = (micro + 1) % accum == 0
         sync = nullcontext() if last_micro or self.world_size == 1 else self.model.no_sync()
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        autocast = amp.autocast(self.device.type, self.train_cfg.amp)
         with sync:
             try:
                 with autocast:

@@ -1,7 +1,6 @@
 """Evaluation over a data set: per-image inference at the original size, mIoU accumulation (all-reduced across
 processes), the per-class table, and PNGs of image / ground truth / prediction."""
 import colorsys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -12,6 +11,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..engine import ShieldedDataLoader, dist
+from ..engine.amp import autocast
 from .inference import predict
 from .metric import SegMetric
 
@@ -78,12 +78,11 @@ def evaluate_segmentation(model, dataset, eval_cfg, class_names: Sequence[str], 
     loader = ShieldedDataLoader(Subset(dataset, indices), batch_size=1, num_workers=int(eval_cfg.num_workers),
                                 collate_fn=_single)
     metric = SegMetric(len(class_names), class_names, ignore_index, device)
-    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    mixed_precision = autocast(device.type, amp)
     shown: List[str] = []
     for sample in tqdm(loader, desc="eval", disable=not dist.is_main_process(), dynamic_ncols=True):
         image, label = sample["image"].to(device), sample["label"].to(device)
-        with autocast:
+        with mixed_precision:
             scores = predict(model, image, eval_cfg, scale, mean, std)
         pred = scores.argmax(0)
         metric.update(pred, label)
