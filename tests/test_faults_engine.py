@@ -7,8 +7,10 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -304,3 +306,36 @@ def test_a_loss_that_reports_divergence_itself_gets_the_same_line(tmp_path):
     assert str(error.value) == (f"RPN proposals or scores are not finite: training has diverged at iteration 3 "
                                 f"(epoch 1); training stopped, the last checkpoint is {tmp_path / 'checkpoint.pth'} "
                                 f"(iteration 2) (try train.amp=bf16 or a lower lr)")
+
+
+def test_a_second_run_into_a_folder_in_use_is_one_line_and_a_killed_runs_lock_blocks_nothing(image_dir, tmp_path):
+    """Two pretrainings into one folder at the same time: the second (train.overwrite=true, so that only the lock can
+    stop it) ends with one line naming the first one's process and leaves its files alone; a run killed with SIGKILL
+    leaves its lock behind, and the next run there goes ahead."""
+    out = tmp_path / "run"
+    command = [sys.executable, "tools/pretrain.py", f"data.root={image_dir}", *TINY, "train.epochs=10",
+               "--output-dir", str(out)]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text()) and first.poll() is None:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # held mid-run, whatever the machine's speed
+    second = subprocess.run([*command, "train.overwrite=true"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr.splitlines()[-1] == (f"error: {out} is in use by another run (process {first.pid} on "
+                                              f"{os.uname().nodename}): wait for it to end, or choose another "
+                                              f"--output-dir")
+    assert first.wait(timeout=240) == 0, first.stderr[-2000:]
+    iters = [json.loads(line)["iter"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert iters == list(range(1, 41))  # the first run's records, each once: 16 images / batch 4, 10 epochs
+
+    killed = subprocess.Popen([*command, "train.epochs=20", "--resume", "auto"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    while len((out / "log.jsonl").read_text().splitlines()) <= 40 and killed.poll() is None:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL  # killed mid-run, its lock file left behind
+    assert (out / ".run.lock").is_file()
+    subprocess.run([*command, "train.epochs=20", "--resume", "auto"], cwd=ROOT, check=True, capture_output=True,
+                   timeout=240)
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["iter"] == 80

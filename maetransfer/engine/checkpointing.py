@@ -1,10 +1,12 @@
 """Checkpoints of the training engine: what they hold, how they are written (atomically, never half a file), how a
 resume file is read and checked (one line naming the file when it cannot be resumed from, never unpickled beyond
 tensors and plain data), and every process's RNG states, which make a resumed run bit-exact."""
+import fcntl
 import os
 import pickle
 import random
 import re
+import socket
 import warnings
 from pathlib import Path
 from typing import Dict, List
@@ -16,6 +18,7 @@ from ..errors import InputError
 
 CHECKPOINT_NAME = "checkpoint.pth"
 EMA_NAME = "model_ema.pth"
+RUN_LOCK_NAME = ".run.lock"
 # What a resumable checkpoint of this engine holds besides optional EMA weights and the config.
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "iter", "batch_in_epoch", "rng")
 
@@ -122,3 +125,31 @@ def read_training_checkpoint(path: Path) -> Dict:
                             f"{_names(missing or ['model weights'])}); to start from its weights use "
                             f"train.init_checkpoint")
     return ckpt
+
+
+class RunFolderLock:
+    """An exclusive lock on a run's output folder for as long as the run writes there (its main process holds it), so
+    that a second run into the same folder ends with one line instead of mixing its files in. fcntl.flock on
+    `<folder>/.run.lock`: the kernel releases it when the process ends, however it ends, so the lock of a killed run
+    never blocks the next one. The file names its holder for that line."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / RUN_LOCK_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise TrainingError(f"{folder} is in use by another run ({holder}): wait for it to end, or choose another "
+                                f"--output-dir") from None
+        self._file.truncate(0)
+        self._file.write(f"process {os.getpid()} on {socket.gethostname()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()

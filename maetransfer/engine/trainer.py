@@ -36,8 +36,9 @@ from tqdm import tqdm
 from ..config import ConfigError, save_config, to_dict
 from ..optim import base_lr, build_optimizer, lr_at
 from . import amp, dist, progress, slurm
-from .checkpointing import (CHECKPOINT_NAME, EMA_NAME, TrainingError, atomic_save, read_training_checkpoint,
-                            remove_stale_temporaries, rng_state, set_rng_state, state_mismatch)
+from .checkpointing import (CHECKPOINT_NAME, EMA_NAME, RunFolderLock, TrainingError, atomic_save,
+                            read_training_checkpoint, remove_stale_temporaries, rng_state, set_rng_state,
+                            state_mismatch)
 from .preemption import NO_STOP, STOP_AND_REQUEUE, RunStopped, ShieldedDataLoader, StopRequests
 
 class EpochSampler(Sampler):
@@ -260,6 +261,7 @@ class Trainer:
         self._maybe_resume()
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = RunFolderLock(self.output_dir) if dist.is_main_process() else None
         if dist.is_main_process():
             for path in remove_stale_temporaries(self.output_dir):
                 print(f"removed {path}, a temporary checkpoint file left by a stopped run")
@@ -429,6 +431,9 @@ class Trainer:
             self.logger.close()
             self._announce_stop(stopped)
             raise
+        finally:
+            if self._folder_lock is not None:  # the folder is free for the next run, also after a failure
+                self._folder_lock.release()
         self.logger.close()
         return metrics
 
