@@ -204,11 +204,11 @@ def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, run: Callable,
         stages.insert(0, "pretrain")
     unsafe = bool(cfg.train.unsafe_load)
 
-    def resolve_and_run():
-        if cfg.train.init_checkpoint and not args.eval_only:
-            cfg.train.init_checkpoint = str(resolve_init(cfg.train.init_checkpoint, unsafe))
+    def resolve_and_run():  # the files the specs name; the config keeps the specs
+        spec = cfg.train.init_checkpoint
+        init = str(resolve_init(spec, unsafe)) if spec and not args.eval_only else None
         checkpoint = str(zoo.resolve(args.checkpoint, unsafe)) if args.checkpoint else None
-        return run(cfg, eval_only=args.eval_only, checkpoint=checkpoint)
+        return run(cfg, eval_only=args.eval_only, checkpoint=checkpoint, init_checkpoint=init)
 
     start = time.time()
     with progress.planned_stages(stages):

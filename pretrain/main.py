@@ -1,5 +1,6 @@
 """MAE pretraining run: config -> data -> model -> shared engine -> checkpoint, encoder file, reconstructions."""
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -54,14 +55,17 @@ def eval_transform(img_size: int):
         transforms.CenterCrop(img_size), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def run(cfg: DictConfig, output_dir=None) -> Path:
-    """Pretrain as `cfg` says; returns the path of the exported encoder ({'model': encoder} official layout)."""
+def run(cfg: DictConfig, output_dir=None, init_checkpoint: Optional[str] = None) -> Path:
+    """Pretrain as `cfg` says; returns the path of the exported encoder ({'model': encoder} official layout).
+    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
+    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
     output_dir = Path(output_dir or cfg.train.output_dir)
     dataset = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
     setup_process(cfg.train)  # threads; the same seed gives the same initial weights
     model = build_model(cfg.model)
-    if cfg.train.init_checkpoint:  # a resumed run's own checkpoint replaces these weights in trainer.fit()
-        load_init(model, cfg.train.init_checkpoint, bool(cfg.train.unsafe_load))
+    init = init_checkpoint or cfg.train.init_checkpoint  # the file the tool resolved a released name into
+    if init:  # a resumed run's own checkpoint replaces these weights in trainer.fit()
+        load_init(model, init, bool(cfg.train.unsafe_load))
     groups = param_groups(model, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
     mask_ratio = float(cfg.model.mask_ratio)
     preview = UnlabeledImages(cfg.data.root, eval_transform(cfg.model.img_size))

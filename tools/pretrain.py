@@ -27,10 +27,9 @@ def main(argv=None):
     if Path(cfg.data.root).resolve() == demo_data_root().resolve():
         write_demo_images(cfg.data.root, size=cfg.model.img_size)
 
-    def resolve_and_run():
-        if cfg.train.init_checkpoint:  # a released name or hub id becomes its file
-            cfg.train.init_checkpoint = str(resolve(cfg.train.init_checkpoint, bool(cfg.train.unsafe_load)))
-        return run(cfg)
+    def resolve_and_run():  # a released name or hub id becomes its file; the config keeps the name
+        init = cfg.train.init_checkpoint and str(resolve(cfg.train.init_checkpoint, bool(cfg.train.unsafe_load)))
+        return run(cfg, init_checkpoint=init or None)
 
     encoder = run_tool(parser, resolve_and_run)
     if dist.is_main_process():

@@ -81,8 +81,11 @@ def _mismatch_hint(state: dict, missing: list) -> str:
     return "check model.global_pool (avg uses fc_norm, token uses norm) and the model size"
 
 
-def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
-    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json."""
+def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
+        init_checkpoint: Optional[str] = None) -> Dict:
+    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json.
+    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
+    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
     output_dir = Path(cfg.train.output_dir)
     device = setup_process(cfg.train)  # before anything is written, so that only rank 0 writes
     if cfg.data.demo and dist.is_main_process():
@@ -112,7 +115,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     if eval_only:
         return evaluate_checkpoint(model, load_classifier, checkpoint, cfg, device, evaluate)
 
-    init = cfg.train.init_checkpoint  # a file: the tool resolved released names and the demo encoder
+    init = init_checkpoint or cfg.train.init_checkpoint
     if init:
         load_pretrained(model, init, bool(cfg.train.unsafe_load))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),

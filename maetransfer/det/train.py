@@ -57,9 +57,12 @@ def load_detector(model: nn.Module, path: str, unsafe: bool = False) -> None:
     load_detector_into(model, detector_state(state), path)
 
 
-def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
+def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
+        init_checkpoint: Optional[str] = None) -> Dict:
     """Train and evaluate, or (eval_only) evaluate the detector in `checkpoint`; returns {'bbox': {...}, 'segm':
-    {...}} on the main process, as written to <output_dir>/metrics.json."""
+    {...}} on the main process, as written to <output_dir>/metrics.json.
+    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
+    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
     output_dir = Path(cfg.train.output_dir)
     device = setup_process(cfg.train)
     if cfg.data.demo and dist.is_main_process():
@@ -88,8 +91,9 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
         evaluate_checkpoint(model, load_detector, checkpoint, cfg, device, evaluate)
         return final
 
-    if cfg.train.init_checkpoint:  # a file: the tool resolved released names and the demo encoder
-        load_pretrained(model, cfg.train.init_checkpoint, bool(cfg.train.unsafe_load))
+    init = init_checkpoint or cfg.train.init_checkpoint
+    if init:
+        load_pretrained(model, init, bool(cfg.train.unsafe_load))
     groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
                           num_layers=model.backbone.net.depth + 1)
     trainer = Trainer(cfg, model, groups, train_set, detection_loss, str(output_dir),

@@ -60,8 +60,11 @@ def write_metrics(metrics: Dict, names: List[str], output_dir: Path) -> None:
     print(f"mIoU {metrics['mIoU']}  mAcc {metrics['mAcc']}  aAcc {metrics['aAcc']}  ({len(names)} classes)")
 
 
-def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None) -> Dict:
-    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json."""
+def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
+        init_checkpoint: Optional[str] = None) -> Dict:
+    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json.
+    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
+    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
     output_dir = Path(cfg.train.output_dir)
     device = setup_process(cfg.train)
     if cfg.data.demo and dist.is_main_process() and not (Path(cfg.data.root) / "images").is_dir():
@@ -86,7 +89,7 @@ def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = No
     if eval_only:
         return evaluate_checkpoint(model, load_segmentor, checkpoint, cfg, device, evaluate)
 
-    init = cfg.train.init_checkpoint  # a file: the tool resolved released names and the demo encoder
+    init = init_checkpoint or cfg.train.init_checkpoint
     if init:
         load_into(model.backbone, load_encoder_state(init, bool(cfg.train.unsafe_load)), source=init)
     if cfg.model.norm == "SyncBN":
