@@ -413,3 +413,18 @@ def test_the_listing_gives_every_name_its_published_number_and_command(capsys):
             text = (ROOT / config.group(1)).read_text()
             numbers = re.findall(r"\d+\.\d+", release.result.split("(")[0])
             assert numbers and all(n in text for n in numbers), (release.name, numbers)
+
+
+def test_a_run_from_a_released_name_keeps_the_name_in_its_config(server, cache, monkeypatch, encoder, tmp_path):
+    """train.init_checkpoint=NAME: the tool downloads the file and fine-tunes from it; config.yaml and the
+    checkpoint's config keep the name, so that the run is rerun from the name anywhere."""
+    _register(monkeypatch, server, "tiny_encoder", encoder[1])
+    write_demo_data(tmp_path / "data", n_train=4, n_val=2, size=32, seed=2)
+    _tool("train_cls").main(["--config", str(ROOT / "configs/cls/demo.yaml"), "train.init_checkpoint=tiny_encoder",
+                             f"data.root={tmp_path / 'data'}", "data.demo=false", "data.input_size=32",
+                             "model.arch=vit_micro", "train.max_iters=1", "train.batch_size=2", "train.num_workers=0",
+                             "eval.batch_size=2", "--output-dir", str(tmp_path / "run")])
+    assert server.requests == [("/releases/tiny_encoder.pth", None)]
+    assert load_config(tmp_path / "run" / "config.yaml").train.init_checkpoint == "tiny_encoder"
+    saved = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert saved["config"]["train"]["init_checkpoint"] == "tiny_encoder"
