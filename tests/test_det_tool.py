@@ -199,3 +199,13 @@ def test_the_table4_config_with_batchnorm_trains_with_two_cpu_processes(tmp_path
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("SyncBatchNorm needs CUDA; this CPU run keeps per-process BatchNorm") == 1
     assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["iter"] == 2
+
+
+def test_anchor_sizes_that_do_not_fit_the_pyramid_are_one_line(tmp_path, capsys):
+    data = write_demo_coco(tmp_path / "coco", num_train=2, num_val=1, size=64, max_shapes=1)
+    with pytest.raises(SystemExit) as exit_info:
+        _tool().main(_args(data, tmp_path / "run", "model.anchor_sizes=[8,16]"))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("error: model.anchor_sizes has 2 entries but the pyramid has 4 "
+                                                        "levels (p2, p3, p4, p5)")
+    assert not (tmp_path / "run").exists()

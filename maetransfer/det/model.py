@@ -20,6 +20,7 @@ import torch.nn as nn
 from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..config import ConfigError
 from ..models import MultiLevelPyramid, SimpleFeaturePyramid, VisionTransformer, build_norm, build_vit, vit_out_indices
 from .masks import paste_masks_in_image
 from .roi_heads import ROIHeads
@@ -151,8 +152,8 @@ def build_mask_rcnn(model_cfg, num_classes: int, mask_threshold: float = 0.5) ->
     backbone = build_backbone(m)
     strides = list(backbone.strides.values())
     if len(m.anchor_sizes) != len(strides):
-        raise ValueError(f"model.anchor_sizes has {len(m.anchor_sizes)} entries but the pyramid has "
-                         f"{len(strides)} levels ({', '.join(backbone.strides)})")
+        raise ConfigError(f"model.anchor_sizes has {len(m.anchor_sizes)} entries but the pyramid has "
+                          f"{len(strides)} levels ({', '.join(backbone.strides)})")
     rpn = RPN(backbone.out_channels, strides, list(m.anchor_sizes), list(m.aspect_ratios), num_convs=m.rpn_convs,
               pre_nms_topk=(m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test),
               post_nms_topk=(m.rpn_post_nms_top_n_train, m.rpn_post_nms_top_n_test),

@@ -6,12 +6,13 @@ scale (mmseg's class default is 0.1, configs/mae sets init_values=1.0, which we 
 raw outputs of `out_indices` blocks. Submodule names `backbone` / `neck` / `decode_head` / `auxiliary_head` are
 mmseg's.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ConfigError
 from ..models import MultiLevelPyramid, build_vit, vit_out_indices
 from .heads import FCNHead, UPerHead, resize
 
@@ -104,7 +105,7 @@ def build_segmentor(model_cfg) -> EncoderDecoder:
     backbone = build_backbone(model_cfg)
     out_indices = list(model_cfg.out_indices) if model_cfg.out_indices else vit_out_indices(backbone.depth)
     if max(out_indices) >= backbone.depth:
-        raise ValueError(f"model.out_indices {out_indices} exceed the backbone's {backbone.depth} blocks")
+        raise ConfigError(f"model.out_indices {out_indices} exceed the backbone's {backbone.depth} blocks")
     d = backbone.embed_dim
     neck = MultiLevelPyramid(d, norm="BN", scale_factors=tuple(model_cfg.scale_factors),
                              in_stride=backbone.patch_size)
