@@ -246,6 +246,10 @@ def test_a_killed_job_submitted_again_resumes_from_its_last_checkpoint(image_dir
     _wait_for_records(tmp_path / "run", 9, job_id)
     subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
     assert _wait_for_job(job_id)["JobState"] in ("FAILED", "CANCELLED")
+    deadline = time.time() + 60  # the job ends with its batch script; its tasks may take a moment more to be gone
+    while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, f"job {job_id} is still completing"
+        time.sleep(0.2)
     last = _weights(tmp_path / "run")["iter"]
     assert 8 <= last < 40
 
