@@ -77,9 +77,10 @@ def get_rank() -> int:
         return 0
     if is_dist():
         return dist.get_rank()
-    if launcher() == "torchrun":
+    name = launcher()
+    if name == "torchrun":
         return int(os.environ.get("RANK", "0"))
-    return int(os.environ["SLURM_PROCID"]) if launcher() == "slurm" else 0
+    return int(os.environ["SLURM_PROCID"]) if name == "slurm" else 0
 
 
 def get_world_size() -> int:
