@@ -29,6 +29,7 @@ setup(
         "shapely>=2.0",  # polygon instances cut to the LSJ crop, as detectron2 does
         "filelock>=3.0",  # one download of a released checkpoint when several processes ask (maetransfer.zoo)
         "huggingface_hub>=0.23",  # Hugging Face hub ids as checkpoints (maetransfer.zoo); timm needs it too
+        "matplotlib>=3.7",  # training curves of tools/transfer_report.py
     ],
     extras_require={
         # tools/submit.py: Slurm jobs through submitit, as the official MAE submits (srun and sbatch need nothing)

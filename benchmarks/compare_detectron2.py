@@ -117,6 +117,7 @@ def match(ref: Dict, ours: Dict, iou_min: float, score_tol: float) -> Dict:
             "mask_ious": mask_ious, "score_diffs": score_diffs}
 
 
+@torch.no_grad()  # not set_grad_enabled(False): main() also runs inside the oracle tests' process
 def main(argv=None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="folder of photos (jpg/png)")
@@ -129,7 +130,6 @@ def main(argv=None) -> Dict:
     parser.add_argument("--score-tol", type=float, default=1e-4)
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.img_size=512")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     cfg = load_config(args.config, ["model.drop_path_rate=0.0", *args.overrides])
     torch.manual_seed(args.seed)
     ours = build_mask_rcnn(cfg.model, args.num_classes).eval()

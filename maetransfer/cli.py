@@ -4,16 +4,17 @@ writable folder, and one that holds another run's checkpoint is not trained into
 import argparse
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
-import torch
 from omegaconf import DictConfig
 
-from . import zoo
 from .config import ConfigError, load_config
 from .errors import InputError
-from .engine import CHECKPOINT_NAME, RunStopped, dist, progress, slurm
+
+# torch and everything built on it are imported by the functions that run after the command line is parsed, so that
+# `--help` and a bad option answer at once.
 
 # Each training tool (tools/<name>.py): its default recipe, the CPU demo, and the folder under which its runs go when
 # the config names no output folder (<root>/<config name>). Launchers read it to know where a command will write.
@@ -27,10 +28,14 @@ TOOL_DEFAULTS: Dict[str, Tuple[str, str]] = {"pretrain": ("configs/pretrain/demo
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (InputError, FileNotFoundError)
 
 
-def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = None) -> argparse.ArgumentParser:
+def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = None,
+                output_root: Optional[str] = None) -> argparse.ArgumentParser:
+    """The training tools' command line; `output_root`: where runs go when the config names no output folder."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=demo_config, help="YAML recipe (default: the CPU demo)")
-    parser.add_argument("--output-dir", help="overrides train.output_dir")
+    parser.add_argument("--config", default=demo_config, help=f"YAML recipe (default: {demo_config}, the CPU demo)")
+    default_dir = f"train.output_dir, else {output_root}/<config name>" if output_root else "train.output_dir"
+    parser.add_argument("--output-dir", help=f"where the run writes its checkpoint, logs and results (default: "
+                                             f"{default_dir})")
     parser.add_argument("--resume", help="checkpoint.pth to continue from, or 'auto' (the output dir's)")
     if checkpoint_help:
         parser.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on the val split")
@@ -64,7 +69,8 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
 def command_output_dir(tool: str, argv: Sequence[str]) -> Path:
     """The output folder that `tools/<tool>.py argv` writes to, resolved and checked as the tool does before it writes
     anything (a bad config or override, or a folder holding another run, ends the program with the tool's line)."""
-    parser = tool_parser(f"tools/{tool}.py", TOOL_DEFAULTS[tool][0], "" if tool == "pretrain" else "checkpoint")
+    parser = tool_parser(f"tools/{tool}.py", TOOL_DEFAULTS[tool][0], "" if tool == "pretrain" else "checkpoint",
+                         TOOL_DEFAULTS[tool][1])
     parser.prog = f"tools/{tool}.py"
     args, cfg = parse_config(parser, argv, tool)
     prepare_output(parser, lambda: check_output_dir(cfg, getattr(args, "eval_only", False), TOOL_DEFAULTS[tool][0]))
@@ -111,6 +117,8 @@ def check_writable_file(path, what: str) -> None:
 
 
 def _run_description(checkpoint: Path) -> str:
+    import torch
+
     try:  # mmap: only the few scalars are read, whatever the size of the weights
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         return f"{checkpoint.name} at iteration {int(state['iter'])}"
@@ -124,6 +132,8 @@ def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Opti
     requeued Slurm job resumes the run in its output folder; --eval-only
     into a folder that holds a training run writes its config and results to the folder's eval/ instead. The output
     folder of `demo_config` itself is the demo's: running the demo again starts it over there."""
+    from .engine import CHECKPOINT_NAME, dist, slurm
+
     out = Path(cfg.train.output_dir)
     check_writable_folder(out, "output folder")
     checkpoint = out / CHECKPOINT_NAME
@@ -177,6 +187,8 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
     """Run `fn`; bad input ends the program with one line (exit 1) instead of a traceback, the same line whether it
     was raised in the main process or in a DataLoader worker. A run stopped by a signal (its checkpoint written and
     the stop announced by the engine) exits with 128 + the signal's number."""
+    from .engine import RunStopped
+
     try:
         return fn()
     except (*INPUT_ERRORS, *errors) as exc:
@@ -185,22 +197,35 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
         parser.exit(stopped.exit_code)
 
 
-def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, run: Callable,
-                      errors: Tuple[Type[BaseException], ...] = (), argv: Optional[Sequence[str]] = None,
-                      resolve_init: Callable[[str, bool], str] = zoo.resolve,
-                      pretrains_first: Callable[[str], bool] = lambda spec: False):
+@dataclass
+class ToolTask:
+    """What a training tool runs, imported once its command line is parsed: the task's run(cfg, eval_only=...,
+    checkpoint=..., init_checkpoint=...), its extra input errors (one line, exit 1), the resolver of
+    train.init_checkpoint (default: the zoo's; the tools add the demo encoder) and whether a spec pretrains first."""
+    run: Callable
+    errors: Tuple[Type[BaseException], ...] = ()
+    resolve_init: Optional[Callable[[str, bool], object]] = None
+    pretrains_first: Callable[[str], bool] = lambda spec: False
+
+
+def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, load_task: Callable[[], ToolTask],
+                      argv: Optional[Sequence[str]] = None):
     """The main() of train_det / train_seg / train_cls (`tool`): parse, default the output dir to <the tool's
-    root>/<config name>, turn the checkpoint specs into files (`--checkpoint` with the zoo, train.init_checkpoint with
-    `resolve_init`, which the tools extend with the demo encoder; `pretrains_first(spec)`: whether that pretrains it
-    first), then `run(cfg, eval_only=..., checkpoint=...)` with its stages announced in order; returns (resolved
-    config, what run returned)."""
+    root>/<config name>, check it, import the task (`load_task`), turn the checkpoint specs into files (`--checkpoint`
+    with the zoo, train.init_checkpoint with the task's resolver), then run it with its stages announced in order;
+    returns (resolved config, what run returned)."""
     demo_config = TOOL_DEFAULTS[tool][0]
-    parser = tool_parser(doc, demo_config, checkpoint_help)
+    parser = tool_parser(doc, demo_config, checkpoint_help, TOOL_DEFAULTS[tool][1])
     args, cfg = parse_config(parser, argv, tool)
     prepare_output(parser, lambda: (check_demo_data(cfg, demo_config),
                                     check_output_dir(cfg, args.eval_only, demo_config)))
+    from . import zoo
+    from .engine import dist, progress
+
+    task = load_task()
+    resolve_init = task.resolve_init or zoo.resolve
     stages = ["evaluate"] if args.eval_only else ["train", "evaluate"]
-    if not args.eval_only and pretrains_first(cfg.train.init_checkpoint):
+    if not args.eval_only and task.pretrains_first(cfg.train.init_checkpoint):
         stages.insert(0, "pretrain")
     unsafe = bool(cfg.train.unsafe_load)
 
@@ -208,12 +233,11 @@ def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, run: Callable,
         spec = cfg.train.init_checkpoint
         init = str(resolve_init(spec, unsafe)) if spec and not args.eval_only else None
         checkpoint = str(zoo.resolve(args.checkpoint, unsafe)) if args.checkpoint else None
-        return run(cfg, eval_only=args.eval_only, checkpoint=checkpoint, init_checkpoint=init)
+        return task.run(cfg, eval_only=args.eval_only, checkpoint=checkpoint, init_checkpoint=init)
 
     start = time.time()
     with progress.planned_stages(stages):
-        result = run_tool(parser, resolve_and_run, errors)
+        result = run_tool(parser, resolve_and_run, task.errors)
     if dist.is_main_process():
         print(f"finished in {progress.format_duration(time.time() - start)}; outputs in {cfg.train.output_dir}")
     return cfg, result
-

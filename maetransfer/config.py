@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import InputError
+from .files import write_text
+from .sizes import VIT_SIZES
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -66,7 +68,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "train.optimizer": ("adamw", "sgd", "lars"),
     "train.device": ("auto", "cpu", "cuda"),
     "eval.amp": ("none", "bf16", "fp16"),
-    "model.arch": ("vit_micro", "vit_demo", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge"),
+    "model.arch": tuple(VIT_SIZES),
     "model.rel_pos": ("decomposed", "bias", ""),          # det, seg
     "model.pyramid": ("simple", "multilevel"),            # det
     **{f"model.{k}": ("LN", "BN", "SyncBN", "GN", "") for k in ("pyramid_norm", "fpn_norm", "head_norm")},  # det
@@ -189,8 +191,54 @@ def _merge_strict(base: DictConfig, override: DictConfig, source: str,
         raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
 
 
+def _get(cfg: DictConfig, key: str):
+    """The value at dotted `key`, or None when the config (its task) has no such key."""
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _encoder(cfg: DictConfig, size_key: str) -> Dict[str, int]:
+    """depth and patch size of the configured encoder (explicit values over the named size's)."""
+    size = VIT_SIZES[cfg.model.arch]
+    return {k: _get(cfg, f"model.{k}") or size[k] for k in ("depth", "patch_size")} | {"size": _get(cfg, size_key)}
+
+
+def check_rules(cfg: DictConfig) -> None:
+    """The rules between keys that can be checked before anything runs (each only where the task has its keys); a
+    ConfigError names the keys, their values and what fits."""
+    if _get(cfg, "model.arch") is None:
+        return
+    size_key = "data.input_size" if _get(cfg, "data.input_size") is not None else "model.img_size"
+    enc = _encoder(cfg, size_key)
+    if enc["size"] is not None and enc["size"] % enc["patch_size"]:
+        raise ConfigError(f"{size_key}={enc['size']} is not a multiple of the patch size {enc['patch_size']} "
+                          f"(model.arch={cfg.model.arch}, model.patch_size)")
+    for key in ("model.global_blocks", "model.out_indices"):  # det: global attention; seg: blocks feeding the pyramid
+        blocks = _get(cfg, key)
+        if blocks and not all(0 <= int(b) < enc["depth"] for b in blocks):
+            raise ConfigError(f"{key}={list(blocks)}: the encoder has blocks 0..{enc['depth'] - 1} "
+                              f"(model.arch={cfg.model.arch}, depth {enc['depth']})")
+    anchors, factors = _get(cfg, "model.anchor_sizes"), _get(cfg, "model.scale_factors")
+    if anchors is not None and factors is not None and len(anchors) != len(factors) + 1:
+        raise ConfigError(f"model.anchor_sizes has {len(anchors)} sizes but the pyramid has {len(factors) + 1} levels "
+                          f"(model.scale_factors {list(factors)} + the max-pool level): give one size per level")
+    names, num_classes = _get(cfg, "data.class_names"), _get(cfg, "model.num_classes")
+    if names and num_classes is not None and len(names) != num_classes:
+        raise ConfigError(f"data.class_names has {len(names)} names but model.num_classes is {num_classes}")
+    mixing = _get(cfg, "aug.mixup") or _get(cfg, "aug.cutmix") or _get(cfg, "aug.cutmix_minmax")
+    if mixing and int(cfg.train.batch_size) % 2:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: Mixup/CutMix mix pairs of images in a batch; "
+                          f"use an even batch, or aug.mixup=0 aug.cutmix=0")
+
+
 def load_config(path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> DictConfig:
-    """Load `path` with its chain of `_base_` files, then apply `overrides` ('a.b=1' strings)."""
+    """Load `path` with its chain of `_base_` files, apply `overrides` ('a.b=1' strings) and check the rules between
+    keys."""
+    cfg = _load(path, overrides)
+    check_rules(cfg)
+    return cfg
+
+
+def _load(path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> DictConfig:
     path = Path(path)
     for known in (CONFIG_ROOT / path, CONFIG_ROOT.parent / path):  # 'cls/demo.yaml' or 'configs/cls/demo.yaml'
         if not path.is_file() and known.is_file():
@@ -198,7 +246,7 @@ def load_config(path: Union[str, os.PathLike], overrides: Iterable[str] = ()) ->
     cfg = _read_yaml(path)
     base_name = cfg.pop("_base_", None)
     if base_name is not None:
-        base = load_config(path.parent / str(base_name))
+        base = _load(path.parent / str(base_name))
         # A derived file may add whole new sections (a task base adds model:/data:) but inside a section that the
         # base has, it only overrides: a misspelt key fails here instead of being silently ignored.
         new_sections = {k: v for k, v in cfg.items() if k not in base}
@@ -220,11 +268,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 
 
 def save_config(cfg: DictConfig, path: Union[str, os.PathLike]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def to_dict(cfg: Optional[DictConfig]) -> dict:

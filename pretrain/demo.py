@@ -3,7 +3,6 @@
 The demo encoder counts as pretrained only once its whole pretraining has run: pretraining exports its encoder at every
 checkpoint, so the transfer demos read `demo_encoder.pth`, written (atomically) only after the last iteration. An
 interrupted demo pretraining resumes where it stopped, and demos started together wait for one pretraining."""
-import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from maetransfer.cli import TOOL_DEFAULTS
 from maetransfer.config import load_config
 from maetransfer.data.demo import render_scenes
 from maetransfer.engine import dist
+from maetransfer.files import atomic_write
 from maetransfer.zoo import resolve
 
 from .main import run
@@ -36,9 +36,8 @@ def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) 
     folder.mkdir(parents=True, exist_ok=True)
     for i, (image, _) in enumerate(render_scenes(count, size=size, seed=seed)):
         # renamed when whole: a killed run leaves no half image (and no file of an image extension)
-        tmp = folder / f".scene_{i:05d}.jpg.tmp{os.getpid()}"
-        Image.fromarray(image).save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, folder / f"scene_{i:05d}.jpg")
+        atomic_write(folder / f"scene_{i:05d}.jpg",
+                     lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=95))
     return folder
 
 
@@ -69,9 +68,7 @@ def ensure_demo_encoder(root="output/demo", overrides=()) -> Path:
         print(f"no demo encoder at {encoder} yet: pretraining it first on generated scenes (once; later runs reuse it)")
         write_demo_images(cfg.data.root, size=cfg.model.img_size)
         last_export = run(cfg)
-        tmp = encoder.with_name(f".{encoder.name}.tmp{os.getpid()}")
-        shutil.copyfile(last_export, tmp)
-        os.replace(tmp, encoder)  # the mark of a complete pretraining
+        atomic_write(encoder, lambda tmp: shutil.copyfile(last_export, tmp))  # the mark of a complete pretraining
         return encoder
     finally:
         lock.release()

@@ -1,6 +1,6 @@
 """MAE pretraining run: config -> data -> model -> shared engine -> checkpoint, encoder file, reconstructions."""
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -8,7 +8,7 @@ from torchvision import transforms
 
 from maetransfer.checkpoint import load_into, read_checkpoint
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
-from maetransfer.engine import Trainer, atomic_save, setup_process
+from maetransfer.engine import Hook, Task, Trainer, atomic_save, dist, run_task
 from maetransfer.optim import param_groups
 
 from .models_mae import MaskedAutoencoderViT, build_mae
@@ -55,34 +55,60 @@ def eval_transform(img_size: int):
         transforms.CenterCrop(img_size), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def run(cfg: DictConfig, output_dir=None, init_checkpoint: Optional[str] = None) -> Path:
-    """Pretrain as `cfg` says; returns the path of the exported encoder ({'model': encoder} official layout).
-    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
-    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
-    output_dir = Path(output_dir or cfg.train.output_dir)
-    dataset = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
-    setup_process(cfg.train)  # threads; the same seed gives the same initial weights
-    model = build_model(cfg.model)
-    init = init_checkpoint or cfg.train.init_checkpoint  # the file the tool resolved a released name into
-    if init:  # a resumed run's own checkpoint replaces these weights in trainer.fit()
-        load_init(model, init, bool(cfg.train.unsafe_load))
-    groups = param_groups(model, cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
-    mask_ratio = float(cfg.model.mask_ratio)
-    preview = UnlabeledImages(cfg.data.root, eval_transform(cfg.model.img_size))
-    preview_imgs = [preview[i] for i in preview_indices(preview.files, int(cfg.data.num_preview))]
+class ExportEncoder(Hook):
+    """After each checkpoint: the encoder alone in the official layout, and a figure of reconstructions of the preview
+    images named by the unit the run counts in (iterations or epochs)."""
 
-    def loss_fn(model, imgs, device):
-        loss, _, _ = model(imgs.to(device, non_blocking=True), mask_ratio)
-        return loss, {}
+    def __init__(self, preview_images: List[torch.Tensor], mask_ratio: float):
+        self.preview_images, self.mask_ratio = preview_images, mask_ratio
 
-    def on_checkpoint(model: MaskedAutoencoderViT, out: Path):
-        atomic_save({"model": model.encoder_state_dict()}, out / ENCODER_FILE)
-        if preview_imgs:  # one figure per checkpoint, named by the unit the run counts in
+    def after_checkpoint(self, trainer: Trainer) -> None:
+        if not dist.is_main_process():
+            return
+        model: MaskedAutoencoderViT = trainer.model_without_ddp
+        atomic_save({"model": model.encoder_state_dict()}, trainer.output_dir / ENCODER_FILE)
+        if self.preview_images:
             name = f"iter{trainer.iter:07d}" if trainer.by_iters else f"epoch{trainer.epoch:04d}"
-            save_reconstructions(model, torch.stack(preview_imgs).to(next(model.parameters()).device),
-                                 out / "reconstructions" / f"{name}.png", mask_ratio)
+            save_reconstructions(model, torch.stack(self.preview_images).to(next(model.parameters()).device),
+                                 trainer.output_dir / "reconstructions" / f"{name}.png", self.mask_ratio)
 
-    trainer = Trainer(cfg, model, groups, dataset, loss_fn, output_dir, on_checkpoint=on_checkpoint, stage="pretrain",
-                      data_name=str(cfg.data.root))
-    trainer.fit()
-    return output_dir / ENCODER_FILE
+
+class PretrainingTask(Task):
+    """MAE pretraining on a folder of images; results: the exported encoder file ({'model': encoder}, official
+    layout). No evaluation: each checkpoint exports the encoder and a figure of reconstructions."""
+
+    stage = "pretrain"
+
+    def build(self, eval_only: bool) -> MaskedAutoencoderViT:
+        cfg = self.cfg
+        self.train_set = UnlabeledImages(cfg.data.root, train_transform(cfg), skip_corrupt=cfg.data.skip_corrupt)
+        preview = UnlabeledImages(cfg.data.root, eval_transform(cfg.model.img_size))
+        self.preview_images = [preview[i] for i in preview_indices(preview.files, int(cfg.data.num_preview))]
+        self.results = Path(cfg.train.output_dir) / ENCODER_FILE
+        return build_model(cfg.model)
+
+    def load_pretrained(self, model: MaskedAutoencoderViT, path: str, unsafe: bool) -> None:
+        load_init(model, path, unsafe)  # a resumed run's own checkpoint replaces these weights
+
+    def param_groups(self, model: MaskedAutoencoderViT) -> List[Dict]:
+        return param_groups(model, self.cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
+
+    def loss_fn(self):
+        mask_ratio = float(self.cfg.model.mask_ratio)
+
+        def loss_fn(model, imgs, device):
+            loss, _, _ = model(imgs.to(device, non_blocking=True), mask_ratio)
+            return loss, {}
+
+        return loss_fn
+
+    def trainer_options(self) -> Dict:
+        return {"data_name": str(self.cfg.data.root),
+                "extra_hooks": [ExportEncoder(self.preview_images, float(self.cfg.model.mask_ratio))]}
+
+
+def run(cfg: DictConfig, init_checkpoint: Optional[str] = None) -> Path:
+    """Pretrain as `cfg` says (`engine.run_task`); returns the path of the exported encoder.
+    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it; by default
+    train.init_checkpoint itself."""
+    return run_task(PretrainingTask(cfg), init_checkpoint=init_checkpoint)

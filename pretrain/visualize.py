@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD
+from maetransfer.files import atomic_write
 
 from .models_mae import MaskedAutoencoderViT
 
@@ -77,10 +78,7 @@ def save_reconstructions(model: MaskedAutoencoderViT, imgs: torch.Tensor, path, 
     for i, label in enumerate(labels):
         draw.text((PADDING + i * column + tiles.shape[-1] / 2, HEADER / 2), label, fill="black", font=font,
                   anchor="mm")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.save(path)
-    return path
+    return atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
 
 
 def preview_indices(files: Sequence[Path], count: int) -> List[int]:

@@ -126,11 +126,19 @@ def test_training_losses_and_gradients_equal_detectron2(tmp_path, mask_format):
         ours.zero_grad()
         reference.zero_grad()
         torch.manual_seed(seed)
-        with EventStorage():
+        with EventStorage() as storage:
             theirs = reference(inputs)
         torch.manual_seed(seed)
-        mine = ours([s[0] for s in samples], [s[1] for s in samples])
+        outputs = ours([s[0] for s in samples], [s[1] for s in samples])
+        mine = {k: v for k, v in outputs.items() if k.startswith("loss_")}
         assert set(mine) == set(theirs)
+        # the training diagnostics detectron2 puts in its event storage: same names, same values
+        their_stats = {k: v[0] for k, v in storage.latest().items()
+                       if k.split("/")[0] in ("rpn", "roi_head", "fast_rcnn", "mask_rcnn")}
+        our_stats = {k: v for k, v in outputs.items() if k not in mine}
+        assert set(our_stats) == set(their_stats) and len(our_stats) == 10
+        for key, value in their_stats.items():
+            assert our_stats[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
         for key in theirs:
             torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-7, msg=key)
         # gradients of every parameter, relative to the largest of each tensor: the box and RPN losses agree to

@@ -50,8 +50,14 @@ def test_forward_backward_returns_detectron2_losses(pyramid):
     images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), torch.randint(0, 256, (3, 32, 48),
                                                                                      dtype=torch.uint8)]
     loss, logs = detection_loss(model, (images, list(_targets())), torch.device("cpu"))
-    assert set(logs) == LOSS_KEYS
-    assert torch.isfinite(loss) and loss.item() == pytest.approx(sum(float(v) for v in logs.values()), rel=1e-5)
+    assert {k for k in logs if k.startswith("loss_")} == LOSS_KEYS
+    # detectron2's diagnostics, under its names; those of the foreground only when a foreground region was sampled
+    with_foreground = {"fast_rcnn/fg_cls_accuracy", "fast_rcnn/false_negative", "mask_rcnn/accuracy",
+                       "mask_rcnn/false_positive", "mask_rcnn/false_negative"}
+    expected = {"rpn/num_pos_anchors", "rpn/num_neg_anchors", "roi_head/num_fg_samples", "roi_head/num_bg_samples",
+                "fast_rcnn/cls_accuracy"} | (with_foreground if logs["roi_head/num_fg_samples"] > 0 else set())
+    assert {k for k in logs if not k.startswith("loss_")} == expected
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(sum(float(logs[k]) for k in LOSS_KEYS), rel=1e-5)
     loss.backward()
     for name in ("backbone.net.blocks.0.attn.qkv.weight", "backbone.net.patch_embed.proj.weight",
                  "proposal_generator.rpn_head.objectness_logits.weight", "roi_heads.box_predictor.cls_score.weight",
@@ -120,7 +126,7 @@ def test_roi_pooler_is_roialign_v2_on_an_analytic_feature_map():
 
 
 def _rpn(**kwargs):
-    return RPN(8, strides=[4], anchor_sizes=[16], aspect_ratios=[1.0], num_convs=1, **kwargs)
+    return RPN(channels=8, strides=[4], anchor_sizes=[16], aspect_ratios=[1.0], num_convs=1, **kwargs)
 
 
 def test_rpn_losses_by_hand_l1_and_detectron2_normaliser():
@@ -158,8 +164,9 @@ def test_rpn_proposals_clip_drop_empty_and_nms_per_level():
 
 def _fixed_roi_heads(num_classes=2):
     """RoI heads whose predictor outputs the same logits and deltas for every region."""
-    heads = ROIHeads(num_classes, 4, [4], box_pool_size=2, mask_pool_size=2, conv_dim=4, box_head_convs=0,
-                     box_fc_dim=4, mask_head_convs=1, norm="", batch_size_per_image=512, positive_fraction=1.0)
+    heads = ROIHeads(num_classes=num_classes, channels=4, strides=[4], box_pool_size=2, mask_pool_size=2, conv_dim=4,
+                     box_head_convs=0, box_fc_dim=4, mask_head_convs=1, norm="", batch_size_per_image=512,
+                     positive_fraction=1.0)
     with torch.no_grad():
         for layer in (heads.box_predictor.cls_score, heads.box_predictor.bbox_pred):
             layer.weight.zero_()
@@ -323,3 +330,45 @@ def test_roi_pooling_under_bf16_autocast_keeps_the_box_coordinates():
     reference = roi_align(features.float(), [boxes], (7, 7), 1 / 16, 0, True)
     assert pooled.dtype == torch.bfloat16
     torch.testing.assert_close(pooled.float(), reference, rtol=1e-2, atol=1e-2)
+
+
+def _random_boxes(n, generator):
+    xy = torch.rand(n, 2, generator=generator) * 200
+    return torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=generator) * 130], dim=1)  # size ratios < 1000/16
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+def test_box_transform_equals_torchvisions_box_coder(weights):
+    """Box2BoxTransform against torchvision's BoxCoder (the same detectron2 formulas), bit for bit, clamp included."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    from maetransfer.det.boxes import SCALE_CLAMP, Box2BoxTransform
+
+    g = torch.Generator().manual_seed(0)
+    src, dst = _random_boxes(500, g), _random_boxes(500, g)
+    ours, reference = Box2BoxTransform(weights), BoxCoder(weights, bbox_xform_clip=SCALE_CLAMP)
+    assert torch.equal(ours.get_deltas(src, dst), reference.encode_single(dst, src))
+    deltas = torch.randn(500, 12, generator=g) * 3  # 3 classes; some dw/dh beyond the clamp
+    deltas[:5, 2] = 50.0
+    assert torch.equal(ours.apply_deltas(deltas, src), reference.decode_single(deltas, src))
+    assert torch.allclose(ours.apply_deltas(ours.get_deltas(src, dst), src), dst, atol=1e-3)
+
+
+@pytest.mark.parametrize("low, high, low_quality", [(0.3, 0.7, True), (0.5, 0.5, False)])
+def test_matcher_equals_torchvisions_matcher(low, high, low_quality):
+    """Labels and matched indices of the foreground against torchvision's Matcher on IoUs with ties and zeros."""
+    from torchvision.models.detection._utils import Matcher as Reference
+    from torchvision.ops import box_iou
+
+    from maetransfer.det.boxes import Matcher
+
+    g = torch.Generator().manual_seed(1)
+    anchors = _random_boxes(300, g)
+    gt = torch.cat([_random_boxes(6, g), anchors[:2]])  # exact matches: IoU 1 ties
+    quality = box_iou(gt, anchors)
+    matches, labels = Matcher(low, high, low_quality)(quality)
+    reference = Reference(high, low, allow_low_quality_matches=low_quality)(quality.clone())
+    expected = torch.where(reference >= 0, 1, torch.where(reference == Reference.BELOW_LOW_THRESHOLD, 0, -1))
+    assert torch.equal(labels, expected)
+    assert torch.equal(matches[labels == 1], reference[labels == 1])
+    assert (labels == 1).sum() > 0 and (labels == 0).sum() > 0

@@ -205,7 +205,8 @@ def test_anchor_sizes_that_do_not_fit_the_pyramid_are_one_line(tmp_path, capsys)
     data = write_demo_coco(tmp_path / "coco", num_train=2, num_val=1, size=64, max_shapes=1)
     with pytest.raises(SystemExit) as exit_info:
         _tool().main(_args(data, tmp_path / "run", "model.anchor_sizes=[8,16]"))
-    assert exit_info.value.code == 1
-    assert capsys.readouterr().err.splitlines()[-1] == ("error: model.anchor_sizes has 2 entries but the pyramid has 4 "
-                                                        "levels (p2, p3, p4, p5)")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: model.anchor_sizes has 2 sizes but the pyramid has 4 levels (model.scale_factors [2.0, 1.0, 0.5] + "
+        "the max-pool level): give one size per level")
     assert not (tmp_path / "run").exists()

@@ -21,7 +21,8 @@ from maetransfer.data.cls import write_demo_data
 from maetransfer.data.images import ImageReadError
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+# the recipes (configs/report/ holds report suites, which are no recipes)
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "report")
 
 
 def _tool(name):
@@ -98,7 +99,7 @@ def test_a_value_of_the_wrong_type_is_one_line_before_anything_runs(override, li
     ("cls/demo.yaml", "aug.cutmix_minmax=[0.2,0.8]", "aug.cutmix_minmax", [0.2, 0.8]),
     ("seg/base.yaml", "model.out_indices=null", "model.out_indices", None),
     ("seg/base.yaml", "model.scale_factors=[2,1]", "model.scale_factors", [2, 1]),
-    ("seg/base.yaml", "data.class_names=[a,b]", "data.class_names", ["a", "b"]),
+    ("seg/demo.yaml", "data.class_names=[a,b,c,d,e,f]", "data.class_names", ["a", "b", "c", "d", "e", "f"]),
     ("seg/base.yaml", "eval.min_size=null", "eval.min_size", None),
     ("det/base.yaml", "data.scale_range=[1,2]", "data.scale_range", [1, 2]),
     ("det/base.yaml", "train.steps=[]", "train.steps", []),
@@ -406,3 +407,30 @@ def test_pretraining_the_demo_config_on_a_missing_root_writes_no_scenes(tmp_path
     code, err = _fails(pretrain_tool.main, ["--output-dir", str(tmp_path / "out"), f"data.root={missing}"], capsys)
     assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {missing}")
     assert not (tmp_path / "imagenet").exists()
+
+
+# -- 5. lines that say how to fix what they name -----------------------------------------------------------------------
+def test_error_lines_name_the_fix(cls_data, tmp_path, capsys):
+    """A checkpoint of another ViT size names the model.arch it fits; a run folder given as a checkpoint names the
+    checkpoint inside; a data set that is not there says to set data.root. Each exits 1 and writes nothing."""
+    from maetransfer.models import build_vit
+
+    micro = tmp_path / "micro.pth"
+    torch.save({"model": build_vit("vit_micro").state_dict()}, micro)
+    run_folder = tmp_path / "earlier_run"
+    run_folder.mkdir()
+    (run_folder / "checkpoint.pth").write_bytes(micro.read_bytes())
+    tiny = [a for a in CLS_TINY if not a.startswith(("model.embed_dim", "model.arch", "train.init_checkpoint"))]
+    cases = [([f"data.root={cls_data}", *tiny, "model.arch=vit_demo", f"train.init_checkpoint={micro}"],
+              f"error: checkpoint {micro} is a ViT with embed 64/depth 4 but the model is embed 128/depth 1: "
+              "model.arch=vit_micro builds a model it fits"),
+             ([f"data.root={cls_data}", *CLS_TINY, f"train.init_checkpoint={run_folder}"],
+              f"error: {run_folder}: a folder; pass the checkpoint inside it, {run_folder / 'checkpoint.pth'}"),
+             ([f"data.root={tmp_path / 'nowhere'}", *CLS_TINY],
+              f"error: {tmp_path / 'nowhere' / 'val.json'}: annotation file not found (set data.root= to the data "
+              "set's folder)")]
+    for argv, line in cases:
+        out = tmp_path / "run"
+        code, err = _fails(train_cls.main, ["--output-dir", str(out), *argv], capsys)
+        assert (code, err[-1]) == (1, line)
+        assert not (out / "checkpoint.pth").exists()

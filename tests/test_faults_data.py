@@ -293,7 +293,7 @@ def test_pretraining_folder_without_images_names_the_extensions(tools, tmp_path,
     assert line.endswith("found (it holds 1 other files, e.g. notes.txt)")
     line = _one_line_error(tools["pretrain"], [*pretrain_args, f"data.root={tmp_path / 'nowhere'}",
                                                "--output-dir", str(out)], capsys)
-    assert line == f"error: {tmp_path / 'nowhere'}: image folder not found"
+    assert line == f"error: {tmp_path / 'nowhere'}: image folder not found (set data.root= to the data set's folder)"
     _nothing_written(out)
 
 
@@ -344,7 +344,7 @@ def test_demo_sets_are_published_whole(write, files, tmp_path, monkeypatch):
         monkeypatch.setattr(module, "render_scenes", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write(root)
-    assert not root.exists() and [p.name for p in tmp_path.iterdir()] == [f"set.tmp{os.getpid()}"]
+    assert not root.exists() and [p.name for p in tmp_path.iterdir()] == [f".set.tmp{os.getpid()}"]
     monkeypatch.undo()
     first = {p.relative_to(root): p.read_bytes() for p in write(root).rglob("*") if p.is_file()}
     assert len(first) == files

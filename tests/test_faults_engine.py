@@ -192,15 +192,16 @@ def test_a_diverging_loss_names_the_checkpoint_that_exists(image_dir, tmp_path, 
     assert torch.load(out / "checkpoint.pth", weights_only=True)["iter"] == 2
 
 
-def test_stale_temporary_checkpoints_are_removed_and_other_files_kept(image_dir, tmp_path, capsys):
+def test_stale_temporary_files_are_removed_and_other_files_kept(image_dir, tmp_path, capsys):
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
     dead = finished.pid
     out = tmp_path / "run"
     out.mkdir()
-    stale = [f".checkpoint.pth.tmp{dead}", f".mae_pretrain_encoder.pth.tmp{os.getpid()}"]  # own pid: reused
+    stale = [f".checkpoint.pth.tmp{dead}", f".mae_pretrain_encoder.pth.tmp{os.getpid()}",  # own pid: reused
+             f".config.yaml.tmp{dead}", f".log.jsonl.tmp{dead}"]
     kept = [f".model_ema.pth.tmp{os.getppid()}",  # a live process may still be writing it
-            f".notes.txt.tmp{dead}", f"checkpoint.pth.tmp{dead}", ".checkpoint.pth.tmp", "notes.txt"]
+            f"checkpoint.pth.tmp{dead}", ".checkpoint.pth.tmp", "notes.txt"]
     for name in stale + kept:
         (out / name).write_bytes(b"x" * 100)
     capsys.readouterr()
@@ -208,7 +209,7 @@ def test_stale_temporary_checkpoints_are_removed_and_other_files_kept(image_dir,
     printed = capsys.readouterr().out.splitlines()
     for name in stale:
         assert not (out / name).exists(), name
-        assert f"removed {out / name}, a temporary checkpoint file left by a stopped run" in printed
+        assert f"removed {out / name}, a temporary file left by a stopped run" in printed
     assert all((out / name).read_bytes() == b"x" * 100 for name in kept)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1, 2]  # 'auto' without a checkpoint started afresh
@@ -339,3 +340,39 @@ def test_a_second_run_into_a_folder_in_use_is_one_line_and_a_killed_runs_lock_bl
     subprocess.run([*command, "train.epochs=20", "--resume", "auto"], cwd=ROOT, check=True, capture_output=True,
                    timeout=240)
     assert torch.load(out / "checkpoint.pth", weights_only=True)["iter"] == 80
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> a folder on a tmpfs of `size` bytes (root only), unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)  # never left mounted, even if still busy
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_stays(image_dir, tmp_path, small_disk,
+                                                                               capsys):
+    """Room for one checkpoint but not for the next one's temporary file beside it: the second write fails with one
+    line naming the file and the space, its temporary file is removed, and the first checkpoint stays whole."""
+    args = [f"data.root={image_dir}", *TINY, "data.num_preview=0", "train.max_iters=4", "train.checkpoint_period=2"]
+    _pretrain(*args, "train.max_iters=2", "--output-dir", str(tmp_path / "sizing"))
+    size = (tmp_path / "sizing" / "checkpoint.pth").stat().st_size
+    out = small_disk(size * 3 // 2) / "run"
+    err = _pretrain_fails(capsys, *args, "--output-dir", str(out)).strip().splitlines()
+    assert len(err) == 1, err
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(out))}/checkpoint\.pth: no space left on its disk "
+                        rf"\([\d.]+ MiB needed, [\d.]+ (bytes|KiB|MiB) free\); free some space or write elsewhere",
+                        err[0]), err
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["iter"] == 2

@@ -2,6 +2,7 @@
 `srun -n 2` is one 2-process job equal to torchrun bit for bit, tools/submit.py and tools/slurm_job.sbatch run jobs to
 the end, a job stopped by the time-limit warning or by `scontrol requeue` is requeued and ends with the weights of an
 uninterrupted run, and a killed job submitted again resumes from its last checkpoint."""
+import fcntl
 import json
 import os
 import re
@@ -250,6 +251,17 @@ def test_a_killed_job_submitted_again_resumes_from_its_last_checkpoint(image_dir
     while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():
         assert time.time() < deadline, f"job {job_id} is still completing"
         time.sleep(0.2)
+    # proctrack/linuxproc may report the job gone while its training process still ends: it is gone once the lock it
+    # holds on the run folder is free
+    with open(tmp_path / "run" / ".run.lock", "a+") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.time() < deadline, f"the training process of job {job_id} still runs"
+                time.sleep(0.2)
+        fcntl.flock(lock, fcntl.LOCK_UN)
     last = _weights(tmp_path / "run")["iter"]
     assert 8 <= last < 40
 

@@ -11,11 +11,9 @@ key matching); the other formats take its encoder.
 import argparse
 import sys
 
-from maetransfer.checkpoint import (WRITE_FORMATS, CheckpointError, encoder_arch, is_detector, parse_state, read_raw,
-                                   save_checkpoint, save_detectron2_detector, unwrap_state)
 from maetransfer.cli import OutputPathError, check_writable_file, check_writable_folder
-from maetransfer.models import vit_size
-from maetransfer.zoo import resolve
+
+WRITE_FORMATS = ("mae", "hf", "timm", "detectron2", "mmseg")  # = maetransfer.checkpoint.WRITE_FORMATS (test_layout)
 
 
 def main(argv=None):
@@ -35,6 +33,12 @@ def main(argv=None):
         (check_writable_folder if args.to == "hf" else check_writable_file)(args.dst, "dst")
     except OutputPathError as exc:
         parser.exit(2, f"error: {exc}\n")
+    # imported once the command line is parsed: --help needs no torch
+    from maetransfer.checkpoint import (CheckpointError, encoder_arch, is_detector, parse_state, read_raw,
+                                       save_checkpoint, save_detectron2_detector, unwrap_state)
+    from maetransfer.models import vit_size
+    from maetransfer.zoo import resolve
+
     try:
         obj, hf_config = read_raw(resolve(args.src, args.unsafe_load), unsafe=args.unsafe_load)
         state, _ = unwrap_state(obj, args.src)

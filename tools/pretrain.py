@@ -10,17 +10,20 @@ from pathlib import Path
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import check_output_dir, parse_config, prepare_output, run_tool, tool_parser
-from maetransfer.engine import dist
-from maetransfer.zoo import resolve
-from pretrain.demo import DEMO_CONFIG, demo_data_root, write_demo_images
-from pretrain.main import run
+from maetransfer.cli import TOOL_DEFAULTS, check_output_dir, parse_config, prepare_output, run_tool, tool_parser
 
 
 def main(argv=None):
-    parser = tool_parser(__doc__, DEMO_CONFIG)
+    demo_config, output_root = TOOL_DEFAULTS["pretrain"]
+    parser = tool_parser(__doc__, demo_config, output_root=output_root)
     _, cfg = parse_config(parser, argv, "pretrain")
-    prepare_output(parser, lambda: check_output_dir(cfg, demo_config=DEMO_CONFIG))
+    prepare_output(parser, lambda: check_output_dir(cfg, demo_config=demo_config))
+    # imported once the command line is parsed: --help needs no torch
+    from maetransfer.engine import dist
+    from maetransfer.zoo import resolve
+    from pretrain.demo import demo_data_root, write_demo_images
+    from pretrain.main import run
+
     # The demo's generated scenes (first run only), and only into the demo's own folder: a data.root of the user's
     # that is missing is an error of the run, not a place to write 2000 scenes into. (Every torchrun
     # process writes them, each file by an atomic rename, as none knows its rank yet.)

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from maetransfer.cli import TOOL_DEFAULTS, command_output_dir
-from maetransfer.engine.submission import JobResources, ToolJob, sbatch_script, slurm_executor, task_log
 
 
 def sbatch_option(text: str):
@@ -68,6 +67,8 @@ def main(argv=None) -> None:
     except ImportError:
         parser.exit(2, "error: tools/submit.py needs submitit: pip install -e \".[slurm]\" (or submit "
                        "tools/slurm_job.sbatch with sbatch)\n")
+    # imported once the command line is parsed: --help needs no torch
+    from maetransfer.engine.submission import JobResources, ToolJob, sbatch_script, slurm_executor, task_log
 
     resources = JobResources(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
                              cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, time_min=args.time,

@@ -16,16 +16,19 @@ from pathlib import Path
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import run_transfer_tool
-from maetransfer.cls.train import run
-from maetransfer.data.cls import DatasetError
-from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
+from maetransfer.cli import ToolTask, run_transfer_tool
+
+
+def classification() -> ToolTask:  # imported once the command line is parsed: --help needs no torch
+    from maetransfer.cls.train import run
+    from maetransfer.data.cls import DatasetError
+    from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
+    return ToolTask(run, (DatasetError,), resolve_init_checkpoint, pretrains_demo_encoder)
 
 
 def main(argv=None) -> dict:
-    return run_transfer_tool(__doc__, "train_cls", "classifier to evaluate (checkpoint.pth, "
-                             "mae_finetuned_vit_*.pth, a released name)", run, (DatasetError,), argv,
-                             resolve_init=resolve_init_checkpoint, pretrains_first=pretrains_demo_encoder)[1]
+    return run_transfer_tool(__doc__, "train_cls", "classifier to evaluate (checkpoint.pth, mae_finetuned_vit_*.pth, "
+                             "a released name)", classification, argv)[1]
 
 
 if __name__ == "__main__":

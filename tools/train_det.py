@@ -15,17 +15,19 @@ from pathlib import Path
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import run_transfer_tool
-from maetransfer.data.coco import CocoFormatError
-from maetransfer.det.train import run
-from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
+from maetransfer.cli import ToolTask, run_transfer_tool
+
+
+def detection() -> ToolTask:  # imported once the command line is parsed: --help needs no torch
+    from maetransfer.data.coco import CocoFormatError
+    from maetransfer.det.train import run
+    from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
+    return ToolTask(run, (CocoFormatError,), resolve_init_checkpoint, pretrains_demo_encoder)
 
 
 def main(argv=None) -> dict:
-    cfg, metrics = run_transfer_tool(__doc__, "train_det", "trained detector for --eval-only (this "
-                                     "tool's checkpoint.pth, a ViTDet file, a released name)", run,
-                                     (CocoFormatError,), argv, resolve_init=resolve_init_checkpoint,
-                                     pretrains_first=pretrains_demo_encoder)
+    cfg, metrics = run_transfer_tool(__doc__, "train_det", "trained detector for --eval-only (this tool's "
+                                     "checkpoint.pth, a ViTDet file, a released name)", detection, argv)
     if metrics:
         print("  ".join(f"{t} AP {m['AP']:.1f} AP50 {m['AP50']:.1f}" for t, m in metrics.items())
               + f"  -> {Path(cfg.train.output_dir) / 'metrics.json'}")

@@ -15,15 +15,18 @@ from pathlib import Path
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-from maetransfer.cli import run_transfer_tool
-from maetransfer.seg.train import run
-from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
+from maetransfer.cli import ToolTask, run_transfer_tool
+
+
+def segmentation() -> ToolTask:  # imported once the command line is parsed: --help needs no torch
+    from maetransfer.seg.train import run
+    from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
+    return ToolTask(run, (ValueError,), resolve_init_checkpoint, pretrains_demo_encoder)
 
 
 def main(argv=None) -> dict:
-    return run_transfer_tool(__doc__, "train_seg", "segmentor to evaluate (checkpoint.pth, an mmseg "
-                             "UperNet-MAE file or released name)", run, (ValueError,), argv,
-                             resolve_init=resolve_init_checkpoint, pretrains_first=pretrains_demo_encoder)[1]
+    return run_transfer_tool(__doc__, "train_seg", "segmentor to evaluate (checkpoint.pth, an mmseg UperNet-MAE "
+                             "file or released name)", segmentation, argv)[1]
 
 
 if __name__ == "__main__":

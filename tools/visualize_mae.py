@@ -14,15 +14,7 @@ from pathlib import Path
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
-import torch
-
-from maetransfer.checkpoint import CheckpointError
 from maetransfer.cli import OutputPathError, check_writable_file
-from maetransfer.data.images import ImageReadError, read_rgb
-from maetransfer.zoo import resolve
-from pretrain.main import eval_transform
-from pretrain.models_mae import mae_from_checkpoint
-from pretrain.visualize import save_reconstructions
 
 
 def main(argv=None):
@@ -39,13 +31,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         check_writable_file(args.out, "--out")  # before the model is read
+    except OutputPathError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    # imported once the command line is parsed: --help needs no torch
+    import torch
+
+    from maetransfer.checkpoint import CheckpointError
+    from maetransfer.data.images import ImageReadError, read_rgb
+    from maetransfer.zoo import resolve
+    from pretrain.main import eval_transform
+    from pretrain.models_mae import mae_from_checkpoint
+    from pretrain.visualize import save_reconstructions
+
+    try:
         model = mae_from_checkpoint(resolve(args.checkpoint, args.unsafe_load), args.unsafe_load, args.num_heads,
                                     args.decoder_num_heads)
         model.norm_pix_loss = model.norm_pix_loss or args.norm_pix
         size = model.grid_size[0] * model.patch_size
         imgs = torch.stack([eval_transform(size)(read_rgb(p)) for p in args.images])
-    except (OutputPathError, CheckpointError, ImageReadError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+    except (CheckpointError, ImageReadError) as exc:  # bad input, as in every tool: one line, exit 1
+        parser.exit(1, f"error: {exc}\n")
     path = save_reconstructions(model, imgs, args.out, args.mask_ratio, seed=args.seed)
     print(f"saved {path}")
 

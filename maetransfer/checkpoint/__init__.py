@@ -24,8 +24,8 @@ package detects the format, dispatches, and re-exports the public names.
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-import torch
 
+from ..files import save_torch
 from .adapter import LoadReport, load_detector_into, load_into
 from .arch import decoder_num_heads_of, encoder_arch, num_heads_of
 from .core import CheckpointError, LoadedCheckpoint, StateDict
@@ -100,17 +100,11 @@ def save_checkpoint(ckpt: LoadedCheckpoint, dst: Union[str, Path], fmt: str, num
     writers = {"mae": to_mae, "timm": to_timm, "detectron2": to_detectron2, "mmseg": to_mmseg}
     if fmt not in writers:
         raise CheckpointError(f"unknown output format {fmt!r}: expected one of {', '.join(WRITE_FORMATS)}")
-    return _atomic_save(writers[fmt](ckpt), dst)
+    return save_torch(writers[fmt](ckpt), dst)
 
 
 def save_detectron2_detector(state: StateDict, dst: Union[str, Path], source: str) -> Path:
     """Write a whole detector (`maetransfer.det` or detectron2 naming) as a detectron2 ViTDet checkpoint."""
-    return _atomic_save(to_detectron2_detector(detector_state(state), source), Path(dst))
+    return save_torch(to_detectron2_detector(detector_state(state), source), Path(dst))
 
 
-def _atomic_save(obj, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(dst)
-    return dst

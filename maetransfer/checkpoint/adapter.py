@@ -12,6 +12,7 @@ from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 
 from ..models.pos_embed import interpolate_pos_embed
 from ..models.vit import VisionTransformer, resize_decomposed_table
+from ..sizes import VIT_SIZES
 from .arch import encoder_arch
 from .core import CheckpointError, LoadedCheckpoint, StateDict
 
@@ -143,8 +144,12 @@ def load_into(model: nn.Module, state: Union[StateDict, LoadedCheckpoint], stric
     vit = _find_vit(model)
     arch = encoder_arch(state, source)
     if (arch["embed_dim"], arch["depth"]) != (vit.embed_dim, vit.depth):
+        fits = [name for name, size in VIT_SIZES.items()
+                if (size["embed_dim"], size["depth"]) == (arch["embed_dim"], arch["depth"])]
+        fix = (f"model.arch={fits[0]}" if fits else
+               f"model.embed_dim={arch['embed_dim']} model.depth={arch['depth']}") + " builds a model it fits"
         raise CheckpointError(f"checkpoint {source} is a ViT with embed {arch['embed_dim']}/depth {arch['depth']} but "
-                              f"the model is embed {vit.embed_dim}/depth {vit.depth}")
+                              f"the model is embed {vit.embed_dim}/depth {vit.depth}: {fix}")
     target = vit.state_dict()
     state, notes = dict(state), []
     if "pos_embed" in state:

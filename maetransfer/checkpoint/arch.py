@@ -2,7 +2,7 @@
 import math
 from typing import Optional
 
-from ..models.vit import VIT_SIZES
+from ..sizes import VIT_SIZES
 from .core import CheckpointError, LoadedCheckpoint, StateDict
 
 

@@ -45,12 +45,12 @@ def _unsafe_globals(path: Path) -> List[str]:
     return [n for n in names if n not in _SAFE_PICKLE_NAMES and not n.startswith("numpy")]
 
 
-def _torch_load(path: Path, unsafe: bool):
+def _torch_load(path: Path, unsafe: bool, mmap: bool = False):
     if unsafe:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         names = _unsafe_globals(path) or ["an object that is not plain data"]
         raise CheckpointError(f"{path}: refused to unpickle {', '.join(names)} with weights_only loading; "
@@ -89,31 +89,35 @@ def _read_hf_folder(path: Path, unsafe: bool) -> Tuple[StateDict, dict]:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
             return _read_file(path / name, unsafe), config
+    if (path / "checkpoint.pth").is_file():  # a run's output folder
+        raise CheckpointError(f"{path}: a folder; pass the checkpoint inside it, {path / 'checkpoint.pth'}")
     raise CheckpointError(f"{path}: folder has no model.safetensors or pytorch_model.bin (not a save_pretrained "
                           f"folder)")
 
 
-def _read_file(path: Path, unsafe: bool):
+def _read_file(path: Path, unsafe: bool, mmap: bool = False):
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     if zipfile.is_zipfile(path):
-        return _torch_load(path, unsafe)
+        return _torch_load(path, unsafe, mmap)
     obj = _pickle_load(path, unsafe)
     if isinstance(obj, int):  # the magic number that opens torch's legacy (pre-1.6) format
         return _torch_load(path, unsafe)
     return obj
 
 
-def read_raw(path: Union[str, Path], unsafe: bool = False) -> Tuple[object, dict]:
+def read_raw(path: Union[str, Path], unsafe: bool = False, mmap: bool = False) -> Tuple[object, dict]:
     """The file's object (or a HF folder's state dict) and a HF config if there is one. Names of released
-    checkpoints and hub ids are resolved into files above this module (`maetransfer.zoo.resolve`)."""
+    checkpoints and hub ids are resolved into files above this module (`maetransfer.zoo.resolve`). `mmap`: the
+    tensors of a torch zip file are mapped, not read, until they are used (a look at shapes and metadata costs
+    next to nothing; other formats are read whole)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found (no such file or folder)")
     try:
         if path.is_dir():
             return _read_hf_folder(path, unsafe)
-        return _read_file(path, unsafe), {}
+        return _read_file(path, unsafe, mmap), {}
     except CheckpointError:
         raise
     except Exception as exc:  # truncated zip, garbage bytes, bad safetensors header: one line naming the file

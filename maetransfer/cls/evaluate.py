@@ -1,7 +1,7 @@
 """Top-1 / top-5, per-class and mean per-class accuracy; sharded over ranks without duplicates and summed exactly."""
 import csv
+import io
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..engine import ShieldedDataLoader, dist
 from ..engine.amp import autocast
+from ..files import atomic_write, write_text
 
 
 CONFUSION_MAX_CLASSES = 50  # a confusion-matrix picture is readable only for a few classes
@@ -107,18 +108,18 @@ def write_results(counter: AccuracyCounter, classes: List[str], output_dir, extr
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = {**counter.summary(), **(extra or {})}
-    tmp = output_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, output_dir / "metrics.json")
+    write_text(output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     acc = counter.per_class_accuracy()
-    with open(output_dir / "per_class_accuracy.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "name", "images", "top1_correct", "accuracy"])
-        for i, name in enumerate(classes):
-            writer.writerow([i, name, int(counter.per_class_total[i]), int(counter.per_class_correct[i]),
-                             "" if np.isnan(acc[i]) else f"{acc[i]:.4f}"])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["label", "name", "images", "top1_correct", "accuracy"])
+    for i, name in enumerate(classes):
+        writer.writerow([i, name, int(counter.per_class_total[i]), int(counter.per_class_correct[i]),
+                         "" if np.isnan(acc[i]) else f"{acc[i]:.4f}"])
+    write_text(output_dir / "per_class_accuracy.csv", table.getvalue())
     if counter.confusion is not None:
-        confusion_image(counter.confusion, classes).save(output_dir / "confusion_matrix.png")
+        figure = confusion_image(counter.confusion, classes)
+        atomic_write(output_dir / "confusion_matrix.png", lambda tmp: figure.save(tmp, format="PNG"))
     return summary
 
 

@@ -1,6 +1,5 @@
 """Classification transfer run: datasets + classifier + loss on the shared engine, then top-k / per-class eval."""
-from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -9,9 +8,8 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
-from ..config import ConfigError
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
-from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
+from ..engine import Task, dist, run_task
 from ..optim import param_groups
 from .evaluate import evaluate_classifier, format_summary, write_results
 from .model import build_classifier
@@ -22,12 +20,10 @@ class ClassificationLoss:
     """loss_fn for the engine: Mixup/CutMix with soft-target CE (label smoothing folded into the mixed targets), else
     label-smoothing CE, else plain CE, as the official main_finetune."""
 
-    def __init__(self, aug_cfg: DictConfig, num_classes: int, batch_size: int):
+    def __init__(self, aug_cfg: DictConfig, num_classes: int):
         active = aug_cfg.mixup > 0 or aug_cfg.cutmix > 0 or aug_cfg.cutmix_minmax is not None
         self.mixup = None
-        if active:
-            if batch_size % 2:
-                raise ConfigError(f"train.batch_size={batch_size}: Mixup/CutMix need an even per-process batch")
+        if active:  # with an even batch: config.check_rules
             self.mixup = Mixup(mixup_alpha=aug_cfg.mixup, cutmix_alpha=aug_cfg.cutmix,
                                cutmix_minmax=aug_cfg.cutmix_minmax, prob=aug_cfg.mixup_prob,
                                switch_prob=aug_cfg.mixup_switch_prob, mode=aug_cfg.mixup_mode,
@@ -81,45 +77,54 @@ def _mismatch_hint(state: dict, missing: list) -> str:
     return "check model.global_pool (avg uses fc_norm, token uses norm) and the model size"
 
 
+class ClassificationTask(Task):
+    """iNat / Places / ImageNet-layout data, the classifier (fine-tune, linear probe or partial fine-tune), top-k and
+    per-class evaluation; results: the summary written to <output_dir>/metrics.json."""
+
+    def prepare_data(self) -> None:
+        d = self.cfg.data
+        if d.demo:
+            ensure_demo_data(d.root, n_train=int(d.demo_train), n_val=int(d.demo_val), size=int(d.input_size))
+
+    def build(self, eval_only: bool) -> nn.Module:
+        cfg = self.cfg
+        self.val_set = build_dataset(cfg.data, "val", build_transform(cfg, is_train=False))
+        if not eval_only:
+            self.train_set = build_dataset(cfg.data, "train", build_transform(cfg, is_train=True))
+            # Folder and json formats define labels by class, so both splits must name the same classes; Places
+            # lists define them by number (their names are only derived from the folders).
+            if (self.train_set.num_classes != self.val_set.num_classes or
+                    (cfg.data.format != "places" and self.train_set.classes != self.val_set.classes)):
+                raise DatasetError(f"{self.train_set.index_file} and {self.val_set.index_file} define different "
+                                   f"classes ({self.train_set.num_classes} vs {self.val_set.num_classes})")
+        return build_classifier(cfg.model, self.val_set.num_classes, int(cfg.data.input_size))
+
+    load_trained = staticmethod(load_classifier)
+    load_pretrained = staticmethod(load_pretrained)
+
+    def param_groups(self, model: nn.Module) -> List[Dict]:
+        return param_groups(model, float(self.cfg.train.weight_decay), float(self.cfg.train.layer_decay),
+                            num_layers=model.depth + 1)
+
+    def loss_fn(self):
+        return ClassificationLoss(self.cfg.aug, self.val_set.num_classes)
+
+    def evaluate(self, model: nn.Module) -> Dict:
+        cfg, val_set = self.cfg, self.val_set
+        counter = evaluate_classifier(model, val_set, val_set.num_classes, int(cfg.eval.batch_size),
+                                      next(model.parameters()).device, int(cfg.train.num_workers), cfg.eval.amp)
+        self.results = counter.summary()
+        if dist.is_main_process():
+            self.results = write_results(counter, val_set.classes, cfg.train.output_dir,
+                                         {"dataset": val_set.index_file})
+            print(f"{val_set.index_file}: {format_summary(self.results)}")
+        return self.results
+
+    def trainer_options(self) -> Dict:
+        return {"checkpoint_meta": {"class_names": self.val_set.classes}}  # for tools/predict.py
+
+
 def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
         init_checkpoint: Optional[str] = None) -> Dict:
-    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json.
-    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
-    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
-    output_dir = Path(cfg.train.output_dir)
-    device = setup_process(cfg.train)  # before anything is written, so that only rank 0 writes
-    if cfg.data.demo and dist.is_main_process():
-        ensure_demo_data(cfg.data.root, n_train=int(cfg.data.demo_train), n_val=int(cfg.data.demo_val),
-                         size=int(cfg.data.input_size))
-    dist.barrier()
-    val_set = build_dataset(cfg.data, "val", build_transform(cfg, is_train=False))
-    train_set = None if eval_only else build_dataset(cfg.data, "train", build_transform(cfg, is_train=True))
-    # Folder and json formats define labels by class, so both splits must name the same classes; Places lists
-    # define them by number (their names are only derived from the folders).
-    if train_set is not None and (train_set.num_classes != val_set.num_classes or
-                                  (cfg.data.format != "places" and train_set.classes != val_set.classes)):
-        raise DatasetError(f"{train_set.index_file} and {val_set.index_file} define different classes "
-                           f"({train_set.num_classes} vs {val_set.num_classes})")
-    num_classes = val_set.num_classes
-    model = build_classifier(cfg.model, num_classes, int(cfg.data.input_size))
-
-    def evaluate(m: nn.Module) -> Dict:
-        counter = evaluate_classifier(m, val_set, num_classes, int(cfg.eval.batch_size), device,
-                                      int(cfg.train.num_workers), cfg.eval.amp)
-        summary = counter.summary()
-        if dist.is_main_process():
-            summary = write_results(counter, val_set.classes, output_dir, {"dataset": val_set.index_file})
-            print(f"{val_set.index_file}: {format_summary(summary)}")
-        return summary
-
-    if eval_only:
-        return evaluate_checkpoint(model, load_classifier, checkpoint, cfg, device, evaluate)
-
-    init = init_checkpoint or cfg.train.init_checkpoint
-    if init:
-        load_pretrained(model, init, bool(cfg.train.unsafe_load))
-    groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
-                          num_layers=model.depth + 1)
-    loss_fn = ClassificationLoss(cfg.aug, num_classes, int(cfg.train.batch_size))
-    trainer = Trainer(cfg, model, groups, train_set, loss_fn, str(output_dir), evaluate_fn=evaluate)
-    return trainer.fit()
+    """Train (unless eval_only) and evaluate (`engine.run_task`); returns the summary written to metrics.json."""
+    return run_task(ClassificationTask(cfg), eval_only, checkpoint, init_checkpoint)

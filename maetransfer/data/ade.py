@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from .images import DatasetError, ImageReadError, MissingFileError
+from ..files import temporary_path
+from .images import ROOT_HINT, DatasetError, ImageReadError, MissingFileError
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -43,6 +44,30 @@ ADE20K_CLASSES = (
     "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase",
     "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower",
     "radiator", "glass", "clock", "flag")
+
+# mmseg ADE20KDataset.METAINFO['palette']: the RGB colour of each class above, as mmseg draws ADE20K results
+ADE20K_PALETTE = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80), (140, 140, 140),
+    (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70),
+    (8, 255, 51), (255, 6, 82), (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3), (0, 102, 200),
+    (61, 230, 250), (255, 6, 51), (11, 102, 255), (255, 7, 71), (255, 9, 224), (9, 7, 230), (220, 220, 220),
+    (255, 9, 92), (112, 9, 255), (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10),
+    (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7), (255, 122, 8), (0, 255, 20),
+    (255, 8, 41), (255, 5, 153), (6, 51, 255), (235, 12, 255), (160, 150, 20), (0, 163, 255), (140, 140, 140),
+    (250, 10, 15), (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0), (153, 255, 0), (0, 0, 255), (255, 71, 0),
+    (0, 235, 255), (0, 173, 255), (31, 0, 255), (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255),
+    (0, 255, 112), (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0), (0, 143, 255),
+    (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173), (10, 0, 255), (173, 255, 0), (0, 255, 153), (255, 92, 0),
+    (255, 0, 255), (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20), (255, 184, 184), (0, 31, 255),
+    (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194), (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255),
+    (0, 194, 255), (0, 122, 255), (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0), (143, 255, 0),
+    (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170), (133, 0, 255), (0, 255, 92), (184, 0, 255),
+    (255, 0, 31), (0, 184, 255), (0, 214, 255), (255, 0, 112), (92, 255, 0), (0, 224, 255), (112, 224, 255),
+    (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0), (255, 0, 163), (255, 204, 0), (255, 0, 143),
+    (0, 255, 235), (133, 255, 0), (255, 0, 235), (245, 0, 255), (255, 0, 122), (255, 245, 0), (10, 190, 212),
+    (214, 255, 0), (0, 204, 255), (20, 0, 255), (255, 255, 0), (0, 153, 255), (0, 41, 255), (0, 255, 204),
+    (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255), (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255),
+    (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255))
 
 
 # -- files ------------------------------------------------------------------------------------------------------------
@@ -111,7 +136,7 @@ class ADE20KDataset(Dataset):
         for d in (img_dir, ann_dir):
             if not d.is_dir():
                 raise MissingFileError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
-                                       f"images/{split}/*.jpg + annotations/{split}/*.png)")
+                                       f"images/{split}/*.jpg + annotations/{split}/*.png; {ROOT_HINT})")
         images, labels = _files_by_stem(img_dir, ".jpg"), _files_by_stem(ann_dir, ".png")
         if not images:
             others = sorted(os.listdir(img_dir))
@@ -342,7 +367,7 @@ def write_demo_ade20k(root, n_train: int = 200, n_val: int = 40, size: int = 128
     from .demo import publish_folder, render_scenes
 
     root = Path(root)
-    tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
+    tmp = temporary_path(root)
     for split, n, split_seed in (("training", n_train, seed), ("validation", n_val, seed + 1)):
         img_dir, ann_dir = tmp / "images" / split, tmp / "annotations" / split
         img_dir.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,10 @@ from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from ..files import temporary_path
 from .demo import SHAPES, publish_folder, render_scenes
-from .images import DatasetError, ImageReadError, MissingFileError, find_missing, read_annotation_json, read_rgb
+from .images import (ROOT_HINT, DatasetError, ImageReadError, MissingFileError, find_missing, read_annotation_json,
+                     read_rgb)
 
 FORMATS = ("imagefolder", "inat", "places")
 
@@ -204,7 +206,7 @@ def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=No
     """A folder with one sub-folder of images per class (torchvision ImageFolder layout, e.g. ImageNet)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise MissingFileError(f"{folder}: image folder not found")
+        raise MissingFileError(f"{folder}: image folder not found ({ROOT_HINT})")
     try:
         classes, class_to_idx = find_classes(folder)
     except FileNotFoundError:
@@ -279,7 +281,7 @@ def write_demo_data(root, n_train: int = 2000, n_val: int = 400, size: int = 64,
     temporary folder and renamed, so an interrupted run never leaves a half-written set.
     """
     root = Path(root)
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    tmp = temporary_path(root)
     scenes = render_scenes(n_train + n_val, size=size, seed=seed, max_shapes=1, radius=(0.25, 0.45))
     categories = [{"id": i, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
     next_id = 0

@@ -10,7 +10,6 @@ polygons of such images are rasterised, detectron2's "bitmask" mask format).
 """
 import io
 import json
-import os
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,9 +23,28 @@ from pycocotools.coco import COCO
 from torchvision.io import ImageReadMode, decode_image
 
 from ..errors import InputError
+from ..files import write_text
 from .demo import SHAPES, render_scenes
 from .images import MissingFileError, find_missing, print_warning, read_annotation_json
 from .instances import Polygons, bitmask_boxes, nearest_indices, polygon_boxes, polygons_to_bitmask, resize_image
+
+
+# The 80 COCO 2017 object categories as (id, name), in id order = the contiguous labels 0..79 of every detector
+# trained on COCO (detectron2's ViTDet model zoo included)
+COCO_CATEGORIES = (
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"),
+    (8, "truck"), (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"),
+    (15, "bench"), (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"),
+    (23, "bear"), (24, "zebra"), (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"),
+    (33, "suitcase"), (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"),
+    (39, "baseball bat"), (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"),
+    (44, "bottle"), (46, "wine glass"), (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"),
+    (52, "banana"), (53, "apple"), (54, "sandwich"), (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"),
+    (59, "pizza"), (60, "donut"), (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"),
+    (67, "dining table"), (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"),
+    (77, "cell phone"), (78, "microwave"), (79, "oven"), (80, "toaster"), (81, "sink"), (82, "refrigerator"),
+    (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"), (88, "teddy bear"), (89, "hair drier"),
+    (90, "toothbrush"))
 
 
 class CocoFormatError(InputError, ValueError):
@@ -405,11 +423,8 @@ def write_demo_coco(root, num_train: int = 300, num_val: int = 50, size: int = 1
                     "id": len(annotations) + 1, "image_id": image_id, "category_id": categories[inst.category]["id"],
                     "segmentation": segm, "area": float(mask_utils.area(rle)),
                     "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0})
-        ann_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ann_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"info": {"description": "maetransfer synthetic demo scenes"}, "images": images,
-                                   "annotations": annotations, "categories": categories}))
-        os.replace(tmp, ann_path)
+        write_text(ann_path, json.dumps({"info": {"description": "maetransfer synthetic demo scenes"}, "images": images,
+                                         "annotations": annotations, "categories": categories}))
     return root
 
 

@@ -32,6 +32,10 @@ class MissingFileError(InputError, FileNotFoundError):
     """A file or folder that the configuration or an index file names does not exist; one line naming it."""
 
 
+# How to fix a data set that is not where the config says: every tool reads its data from below data.root.
+ROOT_HINT = "set data.root= to the data set's folder"
+
+
 def print_warning(message: str) -> None:
     """One warning line on stderr, from the main process only (every process builds the same datasets)."""
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
@@ -74,7 +78,7 @@ def list_images(root) -> List[Path]:
     """Every image below `root` (ImageFolder class folders or a flat folder), in a stable order."""
     root = Path(root)
     if not root.is_dir():
-        raise MissingFileError(f"{root}: image folder not found")
+        raise MissingFileError(f"{root}: image folder not found ({ROOT_HINT})")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
     if not files:
         other_files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -122,7 +126,7 @@ def read_annotation_json(path, lists: Sequence[str] = ("images", "annotations", 
     Problems raise `error` (MissingFileError when absent) with one line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"{path}: annotation file not found")
+        raise MissingFileError(f"{path}: annotation file not found ({ROOT_HINT})")
     try:
         with open(path) as f:
             data = json.load(f)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..data.coco import CocoDetection, collate_detection
 from ..engine import ShieldedDataLoader, dist
 from ..engine.amp import autocast
+from ..files import write_text
 
 try:
     import faster_coco_eval
@@ -171,9 +172,9 @@ class COCOEvaluator:
         if len(evaluated_ids) < len(coco_gt.imgs):
             coco_gt = _subset(coco_gt, evaluated_ids)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / RESULTS_FILE).write_text(json.dumps(results))
+        write_text(self.output_dir / RESULTS_FILE, json.dumps(results))
         metrics = {t: coco_eval(coco_gt, results, t, self.category_names, verbose) for t in self.iou_types}
-        (self.output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        write_text(self.output_dir / METRICS_FILE, json.dumps(metrics, indent=2))
         return metrics
 
 

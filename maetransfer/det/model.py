@@ -20,7 +20,6 @@ import torch.nn as nn
 from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..config import ConfigError
 from ..models import MultiLevelPyramid, SimpleFeaturePyramid, VisionTransformer, build_norm, build_vit, vit_out_indices
 from .masks import paste_masks_in_image
 from .roi_heads import ROIHeads
@@ -31,7 +30,7 @@ class ViTDetBackbone(SimpleFeaturePyramid):
     """detectron2's `SimpleFeaturePyramid(net=ViT)`: the pyramid stages `simfp_*` on the last block of the ViT
     `.net`; returns {'p2'..'p5', 'p6'} (the last from a stride-2 max-pool), `out_channels` wide."""
 
-    def __init__(self, net: VisionTransformer, out_channels: int = 256, scale_factors=(4.0, 2.0, 1.0, 0.5),
+    def __init__(self, net: VisionTransformer, *, out_channels: int = 256, scale_factors=(4.0, 2.0, 1.0, 0.5),
                  norm: str = "LN"):
         super().__init__(net.embed_dim, out_channels, scale_factors, norm, top_block=True, in_stride=net.patch_size)
         self.net = net
@@ -43,13 +42,14 @@ class ViTDetBackbone(SimpleFeaturePyramid):
 class MultiLevelBackbone(nn.Module):
     """MAE paper Table 4: blocks at depth/4 steps -> MultiLevelPyramid -> torchvision FPN + max-pool level."""
 
-    def __init__(self, net: VisionTransformer, out_channels: int = 256, scale_factors=(4.0, 2.0, 1.0, 0.5),
-                 norm: str = "GN", fpn_norm: str = "BN"):
+    def __init__(self, net: VisionTransformer, *, out_channels: int = 256, scale_factors=(4.0, 2.0, 1.0, 0.5),
+                 pyramid_norm: str = "GN", fpn_norm: str = "BN"):
         super().__init__()
         self.net = net
         self.out_channels = out_channels
         self.out_indices = vit_out_indices(net.depth, len(scale_factors))
-        self.pyramid = MultiLevelPyramid(net.embed_dim, norm, scale_factors, in_stride=net.patch_size)
+        self.pyramid = MultiLevelPyramid(net.embed_dim, norm=pyramid_norm, scale_factors=scale_factors,
+                                         in_stride=net.patch_size)
         norm_layer = (lambda c: build_norm(fpn_norm, c)) if fpn_norm else None
         self.fpn = FeaturePyramidNetwork(self.pyramid.out_channels, out_channels, extra_blocks=LastLevelMaxPool(),
                                          norm_layer=norm_layer)
@@ -71,8 +71,8 @@ class MaskRCNN(nn.Module):
     image `boxes`, `scores`, `labels` and bool `masks` (N, H', W') at `output_sizes` (default: the input sizes).
     """
 
-    def __init__(self, backbone: nn.Module, proposal_generator: RPN, roi_heads: ROIHeads, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], pad_size: int, mask_threshold: float = 0.5):
+    def __init__(self, backbone: nn.Module, proposal_generator: RPN, roi_heads: ROIHeads, *,
+                 pixel_mean: Sequence[float], pixel_std: Sequence[float], pad_size: int, mask_threshold: float = 0.5):
         super().__init__()
         self.backbone = backbone
         self.proposal_generator = proposal_generator
@@ -140,9 +140,11 @@ def build_backbone(model_cfg) -> nn.Module:
     # Dense heads read block outputs; the final norm would be a parameter without gradient (and breaks DDP).
     net.norm = nn.Identity()
     if m.pyramid == "simple":
-        return ViTDetBackbone(net, m.out_channels, tuple(m.scale_factors), m.pyramid_norm)
+        return ViTDetBackbone(net, out_channels=m.out_channels, scale_factors=tuple(m.scale_factors),
+                              norm=m.pyramid_norm)
     if m.pyramid == "multilevel":
-        return MultiLevelBackbone(net, m.out_channels, tuple(m.scale_factors), m.pyramid_norm, m.fpn_norm)
+        return MultiLevelBackbone(net, out_channels=m.out_channels, scale_factors=tuple(m.scale_factors),
+                                  pyramid_norm=m.pyramid_norm, fpn_norm=m.fpn_norm)
     raise ValueError(f"unknown model.pyramid {m.pyramid!r}: expected 'simple' or 'multilevel'")
 
 
@@ -150,27 +152,31 @@ def build_mask_rcnn(model_cfg, num_classes: int, mask_threshold: float = 0.5) ->
     """Mask R-CNN for `num_classes` object categories from the `model:` config section."""
     m = model_cfg
     backbone = build_backbone(m)
-    strides = list(backbone.strides.values())
-    if len(m.anchor_sizes) != len(strides):
-        raise ConfigError(f"model.anchor_sizes has {len(m.anchor_sizes)} entries but the pyramid has "
-                          f"{len(strides)} levels ({', '.join(backbone.strides)})")
-    rpn = RPN(backbone.out_channels, strides, list(m.anchor_sizes), list(m.aspect_ratios), num_convs=m.rpn_convs,
+    strides = list(backbone.strides.values())  # one anchor size per level: config.check_rules
+    rpn = RPN(channels=backbone.out_channels, strides=strides, anchor_sizes=list(m.anchor_sizes),
+              aspect_ratios=list(m.aspect_ratios), num_convs=m.rpn_convs,
               pre_nms_topk=(m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test),
               post_nms_topk=(m.rpn_post_nms_top_n_train, m.rpn_post_nms_top_n_test),
               batch_size_per_image=m.rpn_batch_size_per_image, smooth_l1_beta=m.smooth_l1_beta)
-    roi_heads = ROIHeads(num_classes, backbone.out_channels, strides[:-1], m.box_pool_size, m.mask_pool_size,
-                         m.head_dim, m.box_head_convs, m.box_fc_dim, m.mask_head_convs, m.head_norm,
-                         m.box_batch_size_per_image, score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
+    roi_heads = ROIHeads(num_classes=num_classes, channels=backbone.out_channels, strides=strides[:-1],
+                         box_pool_size=m.box_pool_size, mask_pool_size=m.mask_pool_size, conv_dim=m.head_dim,
+                         box_head_convs=m.box_head_convs, box_fc_dim=m.box_fc_dim, mask_head_convs=m.mask_head_convs,
+                         norm=m.head_norm, batch_size_per_image=m.box_batch_size_per_image,
+                         score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
                          detections_per_img=m.detections_per_img, smooth_l1_beta=m.smooth_l1_beta)
-    return MaskRCNN(backbone, rpn, roi_heads, m.pixel_mean, m.pixel_std, m.img_size, mask_threshold)
+    return MaskRCNN(backbone, rpn, roi_heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std, pad_size=m.img_size,
+                    mask_threshold=mask_threshold)
 
 
 def detection_loss(model: nn.Module, batch: Tuple[List[torch.Tensor], List[Dict]], device: torch.device):
     """Engine loss_fn: the sum of the five losses (loss_rpn_cls, loss_rpn_loc, loss_cls, loss_box_reg, loss_mask);
-    each part is logged."""
+    each part is logged, and detectron2's training diagnostics under its names (rpn/num_pos_anchors,
+    roi_head/num_fg_samples, fast_rcnn/cls_accuracy, fast_rcnn/fg_cls_accuracy, mask_rcnn/accuracy, ...)."""
     images, targets = batch
     images = [img.to(device, non_blocking=True) for img in images]
     targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                for t in targets]
-    losses = model(images, targets)
-    return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
+    outputs = model(images, targets)
+    losses = {k: v for k, v in outputs.items() if k.startswith("loss_")}
+    return sum(losses.values()), {**{k: v.detach() for k, v in losses.items()},
+                                  **{k: v for k, v in outputs.items() if k not in losses}}

@@ -14,12 +14,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
 
 from ..models.pyramid import ConvNorm
 from .masks import mask_targets
-from .rpn import SCALE_CLAMP
+from .boxes import Box2BoxTransform, Matcher
 from .sampling import match, subsample_labels
 
 
@@ -134,6 +133,33 @@ class MaskHead(nn.Sequential):
         nn.init.constant_(self.predictor.bias, 0)
 
 
+def classification_stats(logits: torch.Tensor, classes: torch.Tensor) -> Dict[str, float]:
+    """detectron2's `fast_rcnn/*` training diagnostics of the sampled regions (background = the last class):
+    accuracy over all, accuracy over the foreground and the share of foreground called background (the last two only
+    when there is foreground)."""
+    if classes.numel() == 0:
+        return {}
+    background = logits.shape[1] - 1
+    predicted = logits.argmax(dim=1)
+    fg = (classes >= 0) & (classes < background)
+    num_fg = int(fg.sum())
+    stats = {"fast_rcnn/cls_accuracy": (predicted == classes).sum().item() / classes.numel()}
+    if num_fg:
+        stats["fast_rcnn/fg_cls_accuracy"] = (predicted[fg] == classes[fg]).sum().item() / num_fg
+        stats["fast_rcnn/false_negative"] = (predicted[fg] == background).sum().item() / num_fg
+    return stats
+
+
+def mask_stats(logits: torch.Tensor, gt: torch.Tensor) -> Dict[str, float]:
+    """detectron2's `mask_rcnn/*` diagnostics: pixel accuracy of the masks at logit 0, and the shares of background
+    pixels predicted as mask and of mask pixels missed."""
+    wrong = (logits > 0) != gt
+    positive = int(gt.sum())
+    return {"mask_rcnn/accuracy": 1 - wrong.sum().item() / max(wrong.numel(), 1),
+            "mask_rcnn/false_positive": (wrong & ~gt).sum().item() / max(gt.numel() - positive, 1),
+            "mask_rcnn/false_negative": (wrong & gt).sum().item() / max(positive, 1)}
+
+
 class ROIHeads(nn.Module):
     """detectron2 `StandardROIHeads` with a box and a mask branch.
 
@@ -145,7 +171,7 @@ class ROIHeads(nn.Module):
     (box, class) above `score_thresh`, NMS per class, the best `detections_per_img`; then masks for those boxes.
     """
 
-    def __init__(self, num_classes: int, channels: int, strides: Sequence[int], box_pool_size: int = 7,
+    def __init__(self, *, num_classes: int, channels: int, strides: Sequence[int], box_pool_size: int = 7,
                  mask_pool_size: int = 14, conv_dim: int = 256, box_head_convs: int = 4, box_fc_dim: int = 1024,
                  mask_head_convs: int = 4, norm: str = "LN", batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, iou_threshold: float = 0.5, score_thresh: float = 0.05,
@@ -157,8 +183,8 @@ class ROIHeads(nn.Module):
         self.box_predictor = BoxPredictor(self.box_head.out_features, num_classes)
         self.mask_pooler = ROIPooler(mask_pool_size, strides)
         self.mask_head = MaskHead(channels, mask_head_convs, conv_dim, num_classes, norm)
-        self.matcher = Matcher(iou_threshold, iou_threshold, allow_low_quality_matches=False)
-        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0), bbox_xform_clip=SCALE_CLAMP)
+        self.matcher = Matcher(iou_threshold, iou_threshold)
+        self.box_transform = Box2BoxTransform((10.0, 10.0, 5.0, 5.0))
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.smooth_l1_beta = smooth_l1_beta
@@ -171,7 +197,7 @@ class ROIHeads(nn.Module):
             return self.losses(features, proposals, targets)
         scores, deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals)))
         counts = [len(p) for p in proposals]
-        boxes = self.box_coder.decode_single(deltas.float(), torch.cat(proposals)).split(counts)
+        boxes = self.box_transform.apply_deltas(deltas.float(), torch.cat(proposals)).split(counts)
         probs = F.softmax(scores, dim=-1).split(counts)
         detections = [self.detect(b, p, size) for b, p, size in zip(boxes, probs, image_sizes)]
         if sum(len(d["boxes"]) for d in detections):
@@ -230,15 +256,20 @@ class ROIHeads(nn.Module):
         loss_cls = F.cross_entropy(scores, classes) if classes.numel() else scores.sum() * 0
         fg = torch.nonzero((classes >= 0) & (classes < self.num_classes), as_tuple=True)[0]
         fg_deltas = deltas.view(-1, self.num_classes, 4)[fg, classes[fg]]
-        target_deltas = self.box_coder.encode_single(matched_gt[fg], boxes[fg])
+        target_deltas = self.box_transform.get_deltas(boxes[fg], matched_gt[fg])
         loss_box = F.smooth_l1_loss(fg_deltas, target_deltas, beta=self.smooth_l1_beta, reduction="sum")
         losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box / max(classes.numel(), 1)}
-        losses["loss_mask"] = self.mask_loss(features, samples, targets)
-        return losses
+        losses["loss_mask"], mask_stats = self.mask_loss(features, samples, targets)
+        num_fg = [int(((s["classes"] >= 0) & (s["classes"] < self.num_classes)).sum()) for s in samples]
+        return {**losses, **classification_stats(scores.detach(), classes), **mask_stats,
+                "roi_head/num_fg_samples": sum(num_fg) / len(samples),
+                "roi_head/num_bg_samples": sum(len(s["classes"]) - n for s, n in zip(samples, num_fg)) / len(samples)}
 
-    def mask_loss(self, features: List[torch.Tensor], samples: List[Dict], targets: List[Dict]) -> torch.Tensor:
+    def mask_loss(self, features: List[torch.Tensor], samples: List[Dict],
+                  targets: List[Dict]) -> Tuple[torch.Tensor, Dict[str, float]]:
         """detectron2 `mask_rcnn_loss` on the foreground samples: BCE of the ground-truth class's logits against the
-        targets cropped (bitmasks) or rasterised (polygons) in each proposal box."""
+        targets cropped (bitmasks) or rasterised (polygons) in each proposal box; and its diagnostics (none without
+        foreground samples, as detectron2)."""
         fg_boxes, fg_classes, gt_masks = [], [], []
         for s, t in zip(samples, targets):
             fg = torch.nonzero((s["classes"] >= 0) & (s["classes"] < self.num_classes), as_tuple=True)[0]
@@ -249,7 +280,8 @@ class ROIHeads(nn.Module):
                                              self.mask_pooler.output_size * 2))
         logits = self.mask_head(self.mask_pooler(features, fg_boxes))
         if not gt_masks:
-            return logits.sum() * 0
+            return logits.sum() * 0, {}
         classes = torch.cat(fg_classes)
         logits = logits[torch.arange(len(classes), device=classes.device), classes]
-        return F.binary_cross_entropy_with_logits(logits, torch.cat(gt_masks).float(), reduction="mean")
+        gt = torch.cat(gt_masks).bool()
+        return F.binary_cross_entropy_with_logits(logits, gt.float(), reduction="mean"), mask_stats(logits.detach(), gt)

@@ -13,14 +13,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.detection._utils import BoxCoder, Matcher
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from ..models.pyramid import ConvNorm
+from .boxes import Box2BoxTransform, Matcher
 from .sampling import match, subsample_labels
-
-# detectron2's _DEFAULT_SCALE_CLAMP: exp(dw) never widens a box more than 1000/16 times.
-SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class AnchorGenerator(nn.Module):
@@ -84,7 +81,7 @@ class RPN(nn.Module):
     `pre_nms_topk` per level by logit, decoded (weights 1,1,1,1), clipped, empty boxes dropped, NMS 0.7 per level,
     the best `post_nms_topk` per image. Training and test take the first/second value of the topk pairs."""
 
-    def __init__(self, channels: int, strides: Sequence[int], anchor_sizes: Sequence[float],
+    def __init__(self, *, channels: int, strides: Sequence[int], anchor_sizes: Sequence[float],
                  aspect_ratios: Sequence[float], num_convs: int = 2, pre_nms_topk: Tuple[int, int] = (2000, 1000),
                  post_nms_topk: Tuple[int, int] = (1000, 1000), nms_thresh: float = 0.7,
                  batch_size_per_image: int = 256, positive_fraction: float = 0.5,
@@ -95,8 +92,8 @@ class RPN(nn.Module):
             raise ValueError(f"{len(anchor_sizes)} anchor sizes for {len(strides)} pyramid levels")
         self.anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios, strides)
         self.rpn_head = RPNHead(channels, len(aspect_ratios), num_convs)
-        self.matcher = Matcher(iou_thresholds[1], iou_thresholds[0], allow_low_quality_matches=True)
-        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0), bbox_xform_clip=SCALE_CLAMP)
+        self.matcher = Matcher(iou_thresholds[0], iou_thresholds[1], allow_low_quality_matches=True)
+        self.box_transform = Box2BoxTransform((1.0, 1.0, 1.0, 1.0))
         self.pre_nms_topk, self.post_nms_topk = tuple(pre_nms_topk), tuple(post_nms_topk)
         self.nms_thresh, self.min_box_size = nms_thresh, min_box_size
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
@@ -112,7 +109,7 @@ class RPN(nn.Module):
         deltas = [x.view(n, -1, 4, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in deltas]
         losses = self.losses(anchors, logits, deltas, gt_boxes) if self.training else {}
         with torch.no_grad():
-            proposals = [self.box_coder.decode_single(d.reshape(-1, 4).float(), a.repeat(n, 1)).view(n, -1, 4)
+            proposals = [self.box_transform.apply_deltas(d.reshape(-1, 4).float(), a.repeat(n, 1)).view(n, -1, 4)
                          for a, d in zip(anchors, deltas)]
             return self.select_proposals(proposals, logits, image_sizes), losses
 
@@ -156,7 +153,7 @@ class RPN(nn.Module):
             label[pos], label[neg] = 1, 0
             labels.append(label)
             matched_boxes = gt[matched] if gt.numel() else torch.zeros_like(anchors)
-            target_deltas.append(self.box_coder.encode_single(matched_boxes, anchors))
+            target_deltas.append(self.box_transform.get_deltas(anchors, matched_boxes))
         labels = torch.stack(labels)
         positive, valid = labels == 1, labels >= 0
         loss_loc = F.smooth_l1_loss(torch.cat(deltas, 1)[positive], torch.stack(target_deltas)[positive],
@@ -164,4 +161,7 @@ class RPN(nn.Module):
         loss_cls = F.binary_cross_entropy_with_logits(torch.cat(logits, 1)[valid], labels[valid].float(),
                                                       reduction="sum")
         normalizer = self.batch_size_per_image * len(gt_boxes)
-        return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer}
+        return {"loss_rpn_cls": loss_cls / normalizer, "loss_rpn_loc": loss_loc / normalizer,
+                # detectron2's diagnostics: sampled anchors per image
+                "rpn/num_pos_anchors": positive.sum().item() / len(gt_boxes),
+                "rpn/num_neg_anchors": (labels == 0).sum().item() / len(gt_boxes)}

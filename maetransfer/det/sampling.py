@@ -1,12 +1,12 @@
 """Matching boxes to ground truth and sampling training regions, as detectron2 does (modeling/matcher.py,
-modeling/sampling.py). torchvision's `Matcher` has the same rule and is used; its sampler returns masks, which loses
-the order detectron2 gives the sampled regions (positives, then negatives, each in random order), so the sampler is
-written here."""
+modeling/sampling.py). torchvision's sampler returns masks, which loses the order detectron2 gives the sampled regions
+(positives, then negatives, each in random order), so the sampler is written here."""
 from typing import Tuple
 
 import torch
-from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou
+
+from .boxes import Matcher
 
 
 def match(matcher: Matcher, gt_boxes: torch.Tensor, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -16,9 +16,7 @@ def match(matcher: Matcher, gt_boxes: torch.Tensor, boxes: torch.Tensor) -> Tupl
     if gt_boxes.numel() == 0:
         zeros = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
         return zeros, zeros
-    matches = matcher(box_iou(gt_boxes, boxes))
-    labels = torch.where(matches >= 0, 1, torch.where(matches == Matcher.BELOW_LOW_THRESHOLD, 0, -1))
-    return matches.clamp(min=0), labels
+    return matcher(box_iou(gt_boxes, boxes))
 
 
 def subsample_labels(labels: torch.Tensor, num_samples: int, positive_fraction: float,

@@ -1,6 +1,6 @@
 """COCO Mask R-CNN run: data (LSJ) + the ViTDet detector on the shared engine, then COCOeval bbox/segm."""
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from omegaconf import DictConfig
@@ -9,7 +9,7 @@ from ..checkpoint import (CheckpointError, detector_state, is_detector, load_det
                           read_raw, read_state, unwrap_state)
 from ..data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection,
                          write_demo_coco)
-from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
+from ..engine import Task, dist, run_task
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
@@ -57,46 +57,56 @@ def load_detector(model: nn.Module, path: str, unsafe: bool = False) -> None:
     load_detector_into(model, detector_state(state), path)
 
 
-def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
-        init_checkpoint: Optional[str] = None) -> Dict:
-    """Train and evaluate, or (eval_only) evaluate the detector in `checkpoint`; returns {'bbox': {...}, 'segm':
-    {...}} on the main process, as written to <output_dir>/metrics.json.
-    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
-    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
-    output_dir = Path(cfg.train.output_dir)
-    device = setup_process(cfg.train)
-    if cfg.data.demo and dist.is_main_process():
-        write_demo_coco(cfg.data.root, size=int(cfg.model.img_size))
-    dist.barrier()
-    train_set, val_set = build_datasets(cfg, eval_only)
-    model = build_mask_rcnn(cfg.model, val_set.num_classes, float(cfg.eval.mask_threshold))
-    # BN variants (Table 4) normalise across processes, as detectron2's SyncBN
-    model = dist.sync_batchnorm(model, device, "BN in model.pyramid_norm / fpn_norm / head_norm")
-    evaluator = COCOEvaluator(val_set, output_dir, batch_size=int(cfg.eval.batch_size),
-                              num_workers=int(cfg.train.num_workers), amp=cfg.eval.amp,
-                              max_images=int(cfg.eval.max_images))
-    final: Dict = {}
+class DetectionTask(Task):
+    """COCO-layout data with LSJ, the ViTDet Mask R-CNN, COCOeval bbox/segm; results {'bbox': {...}, 'segm': {...}}
+    on the main process, as written to <output_dir>/metrics.json."""
 
-    def evaluate(m: nn.Module) -> Dict:
-        final.clear()
-        gathered = dist.all_gather_object(evaluator.predict(m))
+    # BN variants (Table 4) normalise across processes, as detectron2's SyncBN
+    sync_batchnorm = "BN in model.pyramid_norm / fpn_norm / head_norm"
+
+    def prepare_data(self) -> None:
+        if self.cfg.data.demo:
+            write_demo_coco(self.cfg.data.root, size=int(self.cfg.model.img_size))
+
+    def build(self, eval_only: bool) -> nn.Module:
+        cfg = self.cfg
+        self.train_set, self.val_set = build_datasets(cfg, eval_only)
+        self.evaluator = COCOEvaluator(self.val_set, Path(cfg.train.output_dir), batch_size=int(cfg.eval.batch_size),
+                                       num_workers=int(cfg.train.num_workers), amp=cfg.eval.amp,
+                                       max_images=int(cfg.eval.max_images))
+        return build_mask_rcnn(cfg.model, self.val_set.num_classes, float(cfg.eval.mask_threshold))
+
+    load_trained = staticmethod(load_detector)
+    load_pretrained = staticmethod(load_pretrained)
+
+    def param_groups(self, model: nn.Module) -> List[Dict]:
+        return param_groups(model, float(self.cfg.train.weight_decay), float(self.cfg.train.layer_decay),
+                            num_layers=model.backbone.net.depth + 1)
+
+    def loss_fn(self):
+        return detection_loss
+
+    def evaluate(self, model: nn.Module) -> Dict:
+        self.results = {}
+        gathered = dist.all_gather_object(self.evaluator.predict(model))
         if not dist.is_main_process():
             return {}
-        final.update(evaluator.evaluate_results([r for part in gathered for r in part]))
-        save_predictions(m, val_set, output_dir / "predictions.png")
-        return {f"{t}/{k}": v for t, metrics in final.items() for k, v in metrics.items()
+        results = [r for part in gathered for r in part]
+        self.results = self.evaluator.evaluate_results(results)
+        # the picture draws these predictions: the model does not run again for it
+        save_predictions(results, self.val_set, self.val_set.ids[:min(8, self.evaluator.num_images())],
+                         Path(self.cfg.train.output_dir) / "predictions.png")
+        return {f"{t}/{k}": v for t, metrics in self.results.items() for k, v in metrics.items()
                 if v is not None and not k.startswith("AP-")}
 
-    if eval_only:
-        evaluate_checkpoint(model, load_detector, checkpoint, cfg, device, evaluate)
-        return final
+    def trainer_options(self) -> Dict:
+        # the category names and ids travel with the checkpoint, for tools/predict.py
+        return {"collate_fn": collate_detection,
+                "checkpoint_meta": {"class_names": self.val_set.category_names,
+                                    "category_ids": self.val_set.category_ids}}
 
-    init = init_checkpoint or cfg.train.init_checkpoint
-    if init:
-        load_pretrained(model, init, bool(cfg.train.unsafe_load))
-    groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay),
-                          num_layers=model.backbone.net.depth + 1)
-    trainer = Trainer(cfg, model, groups, train_set, detection_loss, str(output_dir),
-                      collate_fn=collate_detection, evaluate_fn=evaluate)
-    trainer.fit()
-    return final
+
+def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
+        init_checkpoint: Optional[str] = None) -> Dict:
+    """Train and evaluate, or (eval_only) evaluate the detector in `checkpoint` (`engine.run_task`)."""
+    return run_task(DetectionTask(cfg), eval_only, checkpoint, init_checkpoint)

@@ -1,4 +1,7 @@
+from ..files import remove_stale_temporaries
 from . import dist, slurm
+from .checkpointing import CHECKPOINT_NAME, TrainingError, atomic_save
+from .hooks import Hook
 from .preemption import RunStopped, ShieldedDataLoader
-from .checkpointing import CHECKPOINT_NAME, TrainingError, atomic_save, remove_stale_temporaries
-from .trainer import EpochSampler, Trainer, evaluate_checkpoint, resolve_device, seed_everything, setup_process
+from .runner import Task, evaluate_checkpoint, run_task
+from .trainer import EpochSampler, Trainer, resolve_device, seed_everything, setup_process

@@ -5,7 +5,6 @@ import fcntl
 import os
 import pickle
 import random
-import re
 import socket
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..files import save_torch
 
 CHECKPOINT_NAME = "checkpoint.pth"
 EMA_NAME = "model_ema.pth"
@@ -48,39 +48,9 @@ def set_rng_state(state: Dict) -> None:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# atomic_save's temporary file of a checkpoint (.pth): `.<name>.tmp<pid of the writer>`
-_TEMPORARY_CHECKPOINT = re.compile(r"\.(.+\.pth)\.tmp(\d+)")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        pass
-    return True
-
-
-def remove_stale_temporaries(folder: Path) -> List[Path]:
-    """Delete the temporary checkpoint files that a killed run left in `folder` (each as large as a checkpoint):
-    those whose writer no longer runs, or whose pid is this process's own (a pid reused after a restart, e.g. in a
-    container; this process has not written yet). A live process's file is kept: it may still be writing it."""
-    removed = []
-    for path in sorted(folder.glob(".*.pth.tmp*")):
-        match = _TEMPORARY_CHECKPOINT.fullmatch(path.name)
-        if match and (int(match[2]) == os.getpid() or not _process_alive(int(match[2]))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+    """torch.save through a temporary file and a rename: a crash never leaves a half-written checkpoint, a full disk
+    is one line (`files.atomic_write`)."""
+    save_torch(obj, path)
 
 
 def _names(keys: List[str], limit: int = 3) -> str:

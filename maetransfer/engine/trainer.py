@@ -14,7 +14,6 @@ Bad input is found before anything is written into the output dir: a training se
 `train.resume` file that is missing, corrupt, unsafe to unpickle or of another model raise `TrainingError` (one
 line naming the file); so does a non-finite loss, naming the checkpoint that really exists.
 """
-import json
 import math
 import os
 import random
@@ -22,24 +21,24 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig
-from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler
-from tqdm import tqdm
 
 from ..config import ConfigError, save_config, to_dict
+from ..files import remove_stale_temporaries
 from ..optim import base_lr, build_optimizer, lr_at
 from . import amp, dist, progress, slurm
-from .checkpointing import (CHECKPOINT_NAME, EMA_NAME, RunFolderLock, TrainingError, atomic_save,
-                            read_training_checkpoint, remove_stale_temporaries, rng_state, set_rng_state,
-                            state_mismatch)
+from .checkpointing import (CHECKPOINT_NAME, RunFolderLock, TrainingError, atomic_save, read_training_checkpoint,
+                            rng_state, set_rng_state, state_mismatch)
+from .hooks import Hook, WeightAverage, default_hooks
 from .preemption import NO_STOP, STOP_AND_REQUEUE, RunStopped, ShieldedDataLoader, StopRequests
+
 
 class EpochSampler(Sampler):
     """Shards a seeded per-epoch permutation across ranks (as DistributedSampler) and can start mid-epoch."""
@@ -129,23 +128,6 @@ class SeededSamples(Dataset):
             random.setstate(py_state)
 
 
-def _drop_records_after(log: Path, last_iter: int) -> None:
-    """Rewrite `log` (atomically) without the records past `last_iter`, which a resumed run writes again."""
-    if not log.is_file():
-        return
-    kept = []
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill in mid-write
-        if record.get("iter", 0) <= last_iter:
-            kept.append(line + "\n")
-    tmp = log.with_name(f".{log.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, log)
-
-
 def _dataset_name(dataset: Dataset) -> str:
     """Where a dataset comes from, for messages: the folder or index/annotation file the data readers keep."""
     for attribute in ("root", "index_file", "ann_file"):
@@ -154,56 +136,18 @@ def _dataset_name(dataset: Dataset) -> str:
     return "the training set"
 
 
-def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool], None], checkpoint: Optional[str],
-                        cfg: DictConfig, device: torch.device, evaluate_fn: Callable[[nn.Module], Dict]) -> Dict:
-    """--eval-only of every task: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate."""
-    if not checkpoint:
-        raise ValueError("--eval-only needs --checkpoint")
-    progress.begin_stage("evaluate", f"{checkpoint} on the validation set")
-    load(model, checkpoint, bool(cfg.train.unsafe_load))
-    model.to(device)
-    if dist.is_main_process():
-        save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
-    return evaluate_fn(model)
-
-
-class MetricLogger:
-    """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only."""
-
-    def __init__(self, output_dir: Path, resumed_iter: int = 0):
-        """resumed_iter: the iteration the run starts from (0 when fresh); the records after it, written before the
-        run was stopped (or by an earlier run that this one overwrites), are removed from both logs."""
-        self.enabled = dist.is_main_process()
-        if self.enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            _drop_records_after(output_dir / "log.jsonl", resumed_iter)
-            self.jsonl = open(output_dir / "log.jsonl", "a")
-            self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=resumed_iter + 1)
-
-    def log(self, step: int, record: Dict) -> None:
-        if not self.enabled:
-            return
-        self.jsonl.write(json.dumps({"iter": step, **record}) + "\n")
-        self.jsonl.flush()
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("epoch",):
-                self.tb.add_scalar(key, value, step)
-        self.tb.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
-
-
 class Trainer:
     """Runs `loss_fn(model, batch, device) -> (loss, {name: float or detached scalar tensor})` over `train_dataset`
-    with the `train` config.
+    with the `train` config. The loop counts optimizer updates and calls the hooks (`hooks`: logging, progress bar,
+    EMA, periodic checkpoints and evaluations, then `extra_hooks`) after each update and epoch.
 
     evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
-    on_checkpoint(model, output_dir) runs on the main process after each checkpoint (e.g. export an encoder file).
+    extra_hooks: the caller's own hooks (e.g. pretraining's encoder export after each checkpoint).
+    device: the device of a process that the task runner has set up (`setup_process`); without it the trainer sets
+    up the process itself (a loop used on its own).
     stage: the `progress` stage that `fit` announces ('train', or 'pretrain' for MAE pretraining).
     data_name: the training data in messages (default: the dataset's folder or index file).
+    checkpoint_meta: plain data every checkpoint carries under 'meta' (e.g. the class names, for prediction).
 
     The training set's size and the `train.resume` checkpoint are checked, and the checkpoint is loaded, before
     anything is written into the output dir.
@@ -211,16 +155,31 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, model: nn.Module, param_groups: List[Dict], train_dataset: Dataset,
                  loss_fn: Callable, output_dir: Optional[str] = None, collate_fn: Optional[Callable] = None,
-                 evaluate_fn: Optional[Callable] = None, on_checkpoint: Optional[Callable] = None,
-                 find_unused_parameters: bool = False, stage: str = "train", data_name: Optional[str] = None):
-        self.cfg = cfg
-        self.stage = stage
-        t = self.train_cfg = cfg.train
-        self.device = setup_process(t)
+                 evaluate_fn: Optional[Callable] = None, extra_hooks: Sequence[Hook] = (),
+                 find_unused_parameters: bool = False, stage: str = "train", data_name: Optional[str] = None,
+                 checkpoint_meta: Optional[Dict] = None, device: Optional[torch.device] = None):
+        self.cfg, self.train_cfg, self.stage = cfg, cfg.train, stage
+        self.device = device if device is not None else setup_process(cfg.train)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.output_dir = Path(output_dir or t.output_dir)
-        if t.amp == "fp16" and self.device.type != "cuda":
+        self.output_dir = Path(output_dir or cfg.train.output_dir)
+        self.loss_fn, self.evaluate_fn, self.collate_fn = loss_fn, evaluate_fn, collate_fn
+        self.checkpoint_meta = dict(checkpoint_meta or {})
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        self._plan_iterations(train_dataset, data_name)
+        averaged = self._build_model(model, param_groups, find_unused_parameters)
+        self.hooks: List[Hook] = [*default_hooks(self, averaged), *extra_hooks]
+        self.averaged = averaged
+        self.last_checkpoint: Optional[tuple] = None  # (path, iteration) of the newest checkpoint of this run
+        self.metrics: Dict = {}
+        self._maybe_resume()
+        self._claim_output_dir()
+
+    # -- set-up ----------------------------------------------------------------------------------------------------
+    def _plan_iterations(self, train_dataset: Dataset, data_name: Optional[str]) -> None:
+        """The sampler and the run's length: batches per epoch, updates per epoch, total updates, effective batch
+        and peak lr; a training set too small for one update is a TrainingError."""
+        t = self.train_cfg
         self.sampler = EpochSampler(len(train_dataset), True, int(t.seed), self.rank, self.world_size)
         self.batches_per_epoch = self.sampler.per_rank // int(t.batch_size)
         if self.batches_per_epoch < t.accum_iter:
@@ -229,10 +188,20 @@ class Trainer:
                 f"{data_name or _dataset_name(train_dataset)}: the training set has {len(train_dataset)} samples, "
                 f"too few for one update of batch_size {t.batch_size} x accum_iter {t.accum_iter} x "
                 f"{self.world_size} process{'es' * (self.world_size != 1)} = {per_update} samples")
-        self.loss_fn, self.evaluate_fn, self.on_checkpoint = loss_fn, evaluate_fn, on_checkpoint
-        self.collate_fn = collate_fn
         self.dataset = SeededSamples(train_dataset, int(t.seed))
+        self.iters_per_epoch = self.batches_per_epoch // int(t.accum_iter)
+        self.by_iters = int(t.max_iters) > 0
+        self.total_iters = int(t.max_iters) if self.by_iters else int(t.epochs) * self.iters_per_epoch
+        self.num_epochs = math.ceil(self.total_iters / self.iters_per_epoch)
+        self.effective_batch = int(t.batch_size) * int(t.accum_iter) * self.world_size
+        self.peak_lr = base_lr(t, self.effective_batch)
+        self.epoch, self.iter, self.batch_in_epoch = 0, 0, 0
 
+    def _build_model(self, model: nn.Module, param_groups: List[Dict],
+                     find_unused_parameters: bool) -> Optional[WeightAverage]:
+        """The model on its device (DDP-wrapped across processes), the optimizer, the fp16 loss scaler, the EMA of
+        the weights (when train.ema_decay > 0) and compilation; returns the EMA hook."""
+        t = self.train_cfg
         self.model_without_ddp = model.to(self.device)
         self.model = model
         if self.world_size > 1:
@@ -240,32 +209,29 @@ class Trainer:
                                                  else None, find_unused_parameters=find_unused_parameters)
         self.optimizer = build_optimizer(t, param_groups)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        # Exponential moving average of the weights (timm), updated after every optimizer step and evaluated
-        # instead of the raw weights; off (0) in every published MAE recipe.
-        self.ema = ModelEmaV3(self.model_without_ddp, decay=float(t.ema_decay)) if t.ema_decay > 0 else None
+        averaged = WeightAverage(self.model_without_ddp, float(t.ema_decay)) if t.ema_decay > 0 else None
         if t.compile:
             # nn.Module.compile works in place (after the EMA's deep copy): parameter names, checkpoints and DDP stay
             # as they are, and evaluation runs compiled too. A model may compile only its part that has no graph
             # breaks (MaskRCNN: its backbone). Under DDP the backward is one compiled graph, so gradients are
             # all-reduced after it rather than overlapped with it.
             self.model_without_ddp.compile(mode=None if t.compile is True else str(t.compile))
+        return averaged
 
-        self.iters_per_epoch = self.batches_per_epoch // int(t.accum_iter)
-        self.by_iters = int(t.max_iters) > 0
-        self.total_iters = int(t.max_iters) if self.by_iters else int(t.epochs) * self.iters_per_epoch
-        self.effective_batch = int(t.batch_size) * int(t.accum_iter) * self.world_size
-        self.peak_lr = base_lr(t, self.effective_batch)
-        self.epoch, self.iter, self.batch_in_epoch = 0, 0, 0
-        self.metrics: Dict = {}
-        self.last_checkpoint: Optional[tuple] = None  # (path, iteration) of the newest checkpoint of this run
-        self._maybe_resume()
-
+    def _claim_output_dir(self) -> None:
+        """Create the output dir and, on the main process, lock it for this run, remove what killed writers left
+        there and write the resolved config."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._folder_lock = RunFolderLock(self.output_dir) if dist.is_main_process() else None
         if dist.is_main_process():
             for path in remove_stale_temporaries(self.output_dir):
-                print(f"removed {path}, a temporary checkpoint file left by a stopped run")
-            save_config(cfg, self.output_dir / "config.yaml")
+                print(f"removed {path}, a temporary file left by a stopped run")
+            save_config(self.cfg, self.output_dir / "config.yaml")
+
+    @property
+    def evaluation_model(self) -> nn.Module:
+        """The weights that are evaluated: their EMA when the run keeps one."""
+        return self.averaged.module if self.averaged is not None else self.model_without_ddp
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_path(self) -> Path:
@@ -274,32 +240,31 @@ class Trainer:
     def save_checkpoint(self) -> None:
         rng = dist.all_gather_object(rng_state())  # every process's own: each draws its own dropout and masks
         if dist.is_main_process():
-            atomic_save({"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
-                         "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
-                         "batch_in_epoch": self.batch_in_epoch, "rng": rng,
-                         "config": to_dict(self.cfg),
-                         **({"model_ema": self.ema.module.state_dict()} if self.ema else {})},
-                        self.checkpoint_path())
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(self.model_without_ddp, self.output_dir)
+            state = {"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
+                     "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": to_dict(self.cfg),
+                     "meta": self.checkpoint_meta}
+            for hook in self.hooks:
+                state.update(hook.state_dict())
+            atomic_save(state, self.checkpoint_path())
+        for hook in self.hooks:
+            hook.after_checkpoint(self)
         dist.barrier()
         self.last_checkpoint = (self.checkpoint_path(), self.iter)
 
     def resume(self, path) -> None:
-        """Continue the run that wrote `path`: weights, optimizer, EMA, position and every process's RNGs."""
+        """Continue the run that wrote `path`: weights, optimizer, hooks (EMA), position and every process's RNGs."""
         path = Path(path)
         ckpt = read_training_checkpoint(path)
         mismatch = state_mismatch(ckpt["model"], self.model_without_ddp.state_dict())
         if mismatch:
             raise TrainingError(f"{path}: cannot resume: its weights are another model's: {mismatch}")
-        if self.ema is not None and "model_ema" not in ckpt:
-            raise TrainingError(f"{path}: cannot resume: it has no EMA weights (its run had train.ema_decay=0)")
         try:
             self.model_without_ddp.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scaler.load_state_dict(ckpt["scaler"])
-            if self.ema is not None:
-                self.ema.module.load_state_dict(ckpt["model_ema"])
+            for hook in self.hooks:
+                hook.load_state_dict(ckpt, path)
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrainingError(f"{path}: cannot resume: its optimizer or weights do not fit this run ({first})") \
@@ -324,7 +289,91 @@ class Trainer:
         if target:
             self.resume(target)
 
-    # -- loop ----------------------------------------------------------------------------------------------------
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def evaluate(self) -> Dict:
+        if self.evaluate_fn is None:
+            return {}
+        model = self.evaluation_model
+        model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate_fn(model)
+        self.model_without_ddp.train()
+        for hook in self.hooks:
+            hook.after_evaluate(self, metrics)
+        self.metrics = metrics
+        return metrics
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def fit(self) -> Dict:
+        self.model.train()
+        start_time = time.time()
+        progress.begin_stage(self.stage, f"{self.total_iters} iterations of {self.effective_batch} images "
+                             f"({self.num_epochs} epoch{'s' * (self.num_epochs != 1)}) into {self.output_dir}"
+                             + (f", from iteration {self.iter}" if self.iter else ""))
+        try:
+            with StopRequests() as self._stop:
+                for hook in self.hooks:
+                    hook.before_train(self)
+                self._train_loop()
+                self.save_checkpoint()
+                for hook in self.hooks:
+                    hook.after_train(self)
+                if dist.is_main_process():
+                    print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
+                          f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
+                self._stop_if_asked()  # the final evaluation then runs in the requeued job
+                if self.evaluate_fn is not None:
+                    weights = "EMA of the weights" if self.averaged is not None else "model"
+                    progress.begin_stage("evaluate", f"the final {weights} on the validation set")
+                return self.evaluate()
+        except RunStopped as stopped:
+            self._close_hooks()
+            self._announce_stop(stopped)
+            raise
+        finally:
+            self._close_hooks()  # also after a failure: no file stays open, the bar ends before the error line
+            if self._folder_lock is not None:  # the folder is free for the next run, also after a failure
+                self._folder_lock.release()
+
+    def _close_hooks(self) -> None:
+        for hook in self.hooks:
+            hook.close()
+
+    def _train_loop(self) -> None:
+        accum = int(self.train_cfg.accum_iter)
+        while self.iter < self.total_iters:
+            if self._resume_rng is not None and self.batch_in_epoch > 0:
+                set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
+            else:
+                seed_everything(int(self.train_cfg.seed) + 1000 * self.epoch + self.rank)
+            self._resume_rng = None
+            for hook in self.hooks:
+                hook.before_epoch(self)
+            pending: Dict = {}
+            micro = 0
+            for batch in self._loader():
+                if self.batch_in_epoch >= self.iters_per_epoch * accum:
+                    break  # leftover micro-batches that cannot fill an update
+                if micro % accum == 0:
+                    lr = self._set_lr()
+                stepped = self._train_step(batch, micro, accum, pending)
+                micro += 1
+                self.batch_in_epoch += 1
+                if not stepped:
+                    continue
+                self.iter += 1
+                for hook in self.hooks:
+                    hook.after_update(self, {"lr": lr, **pending})
+                pending = {}
+                if self.iter >= self.total_iters:
+                    break
+                self._stop_if_asked()
+            if self.batch_in_epoch >= self.iters_per_epoch * accum:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                for hook in self.hooks:
+                    hook.after_epoch(self)
+
     def _loader(self) -> ShieldedDataLoader:
         t = self.train_cfg
         self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * int(t.batch_size))
@@ -341,34 +390,13 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
-    def _period_hit(self, period: int, epoch_end: bool) -> bool:
-        if period <= 0:
-            return False
-        if self.by_iters:
-            return not epoch_end and self.iter % period == 0
-        return epoch_end and self.epoch % period == 0
-
-    def evaluate(self) -> Dict:
-        if self.evaluate_fn is None:
-            return {}
-        model = self.ema.module if self.ema is not None else self.model_without_ddp
-        model.eval()
-        with torch.no_grad():
-            metrics = self.evaluate_fn(model)
-        self.model_without_ddp.train()
-        self.logger.log(self.iter, {"epoch": self.epoch, **{f"eval/{k}": v for k, v in metrics.items()
-                                                          if isinstance(v, (int, float))}})
-        self.metrics = metrics
-        return metrics
-
     def _train_step(self, batch, micro: int, accum: int, pending: Dict) -> bool:
         """One micro-batch; returns True when it completed an optimizer update."""
         last_micro = (micro + 1) % accum == 0
         sync = nullcontext() if last_micro or self.world_size == 1 else self.model.no_sync()
-        autocast = amp.autocast(self.device.type, self.train_cfg.amp)
         with sync:
             try:
-                with autocast:
+                with amp.autocast(self.device.type, self.train_cfg.amp):
                     loss, logs = self.loss_fn(self.model, batch, self.device)
             except FloatingPointError as exc:  # a loss_fn that detects divergence itself (detection: its proposals)
                 raise self._diverged(str(exc)) from None
@@ -387,8 +415,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model_without_ddp)
         return True
 
     def _diverged(self, what: str) -> TrainingError:
@@ -401,42 +427,7 @@ class Trainer:
         return TrainingError(f"{what} at iteration {self.iter + 1} (epoch {self.epoch + 1}); training stopped, {kept} "
                              f"(try train.amp=bf16 or a lower lr)")
 
-    def fit(self) -> Dict:
-        # A fresh run (also train.overwrite=true over an old one) starts its logs empty; a resumed one cuts them back
-        self.logger = MetricLogger(self.output_dir, resumed_iter=self.iter)
-        self.model.train()
-        start_time = time.time()
-        epochs = math.ceil(self.total_iters / self.iters_per_epoch)
-        progress.begin_stage(self.stage, f"{self.total_iters} iterations of {self.effective_batch} images ({epochs} "
-                             f"epoch{'s' * (epochs != 1)}) into {self.output_dir}"
-                             + (f", from iteration {self.iter}" if self.iter else ""))
-        try:
-            with StopRequests() as self._stop:
-                # One bar for the whole stage, so that its time estimate is the stage's; the epoch is in its label.
-                with tqdm(total=self.total_iters, initial=self.iter, unit="it", disable=not dist.is_main_process(),
-                          dynamic_ncols=True) as bar:  # closed also when a step fails: the error gets its own line
-                    self._train_loop(bar, epochs)
-                self.save_checkpoint()
-                if self.ema is not None and dist.is_main_process():  # the evaluated weights, for --eval-only
-                    atomic_save({"model": self.ema.module.state_dict()}, self.output_dir / EMA_NAME)
-                if dist.is_main_process():
-                    print(f"{progress.STAGE_TITLES[self.stage]} done: {self.iter} iterations in "
-                          f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
-                self._stop_if_asked()  # the final evaluation then runs in the requeued job
-                if self.evaluate_fn is not None:
-                    weights = "EMA of the weights" if self.ema else "model"
-                    progress.begin_stage("evaluate", f"the final {weights} on the validation set")
-                metrics = self.evaluate()
-        except RunStopped as stopped:
-            self.logger.close()
-            self._announce_stop(stopped)
-            raise
-        finally:
-            if self._folder_lock is not None:  # the folder is free for the next run, also after a failure
-                self._folder_lock.release()
-        self.logger.close()
-        return metrics
-
+    # -- stop signals --------------------------------------------------------------------------------------------
     def _stop_if_asked(self) -> None:
         """At an iteration boundary: when any process got a stop signal, all of them write the checkpoint (unless it
         was just written) and raise RunStopped."""
@@ -463,47 +454,3 @@ class Trainer:
             print(f"{stopped}; a requeued or preempted job resumes from there", flush=True)
         else:
             print(f"{stopped}; run the same command with --resume auto to continue", flush=True)
-
-    def _train_loop(self, bar: tqdm, epochs: int) -> None:
-        t = self.train_cfg
-        accum = int(t.accum_iter)
-        while self.iter < self.total_iters:
-            if self._resume_rng is not None and self.batch_in_epoch > 0:
-                set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
-            else:
-                seed_everything(int(t.seed) + 1000 * self.epoch + self.rank)
-            self._resume_rng = None
-            pending: Dict = {}
-            bar.set_description(f"epoch {self.epoch + 1}/{epochs}")
-            micro = 0
-            for batch in self._loader():
-                if self.batch_in_epoch >= self.iters_per_epoch * accum:
-                    break  # leftover micro-batches that cannot fill an update
-                if micro % accum == 0:
-                    lr = self._set_lr()
-                stepped = self._train_step(batch, micro, accum, pending)
-                micro += 1
-                self.batch_in_epoch += 1
-                if not stepped:
-                    continue
-                self.iter += 1
-                if self.iter % int(t.log_period) == 0 or self.iter == self.total_iters:
-                    self.logger.log(self.iter, {"epoch": self.epoch, "lr": lr,
-                                                **{k: float(v) for k, v in pending.items()}})
-                bar.set_postfix(loss=f"{pending['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update()
-                pending = {}
-                if self._period_hit(int(t.checkpoint_period), epoch_end=False):
-                    self.save_checkpoint()
-                if self._period_hit(int(t.eval_period), epoch_end=False) and self.iter < self.total_iters:
-                    self.evaluate()
-                if self.iter >= self.total_iters:
-                    break
-                self._stop_if_asked()
-            if self.batch_in_epoch >= self.iters_per_epoch * accum:
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                if self._period_hit(int(t.checkpoint_period), epoch_end=True) and self.iter < self.total_iters:
-                    self.save_checkpoint()
-                if self._period_hit(int(t.eval_period), epoch_end=True) and self.iter < self.total_iters:
-                    self.evaluate()

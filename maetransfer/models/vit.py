@@ -6,7 +6,6 @@ timm provides the patch embedding, MLP, drop path and layer scale; the attention
 has no windowing and no relative-position terms (ViTDet decomposed rel-pos, BEiT/mmseg rel-pos bias), which the
 transfer recipes need. Attention runs through `F.scaled_dot_product_attention` (fused kernels) in every mode.
 """
-import math
 from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, to_2tuple, trunc_normal_
 
+from ..sizes import vit_size
 from .pos_embed import interpolate_pos_embed, sincos_2d
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
@@ -323,25 +323,6 @@ class VisionTransformer(nn.Module):
 
 
 # Model sizes: (embed_dim, depth, num_heads, patch_size). micro/demo/tiny/small exist for tests and CPU demos.
-VIT_SIZES = {
-    "vit_micro": dict(embed_dim=64, depth=4, num_heads=4, patch_size=16),
-    "vit_demo": dict(embed_dim=128, depth=4, num_heads=4, patch_size=8),  # the CPU demos' encoder
-    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16),
-    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
-    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
-    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16),
-    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
-}
-
-
-def vit_size(name: str) -> dict:
-    """Architecture of a named size; accepts 'vit_base' and the official 'vit_base_patch16' spellings."""
-    key = name.split("_patch")[0]
-    if key not in VIT_SIZES:
-        raise ValueError(f"unknown ViT size {name!r}; known: {', '.join(VIT_SIZES)}")
-    return dict(VIT_SIZES[key])
-
-
 def build_vit(arch: str, **kwargs) -> VisionTransformer:
     """`build_vit('vit_base', drop_path_rate=0.1, ...)`; explicit kwargs override the size's defaults."""
     return VisionTransformer(**{**vit_size(arch), **kwargs})

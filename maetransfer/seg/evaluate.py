@@ -1,6 +1,5 @@
 """Evaluation over a data set: per-image inference at the original size, mIoU accumulation (all-reduced across
 processes), the per-class table, and PNGs of image / ground truth / prediction."""
-import colorsys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -10,52 +9,37 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from ..drawing import display_size, draw_legend, draw_tag, font, font_size, resize_for_display, side_by_side, tile
 from ..engine import ShieldedDataLoader, dist
 from ..engine.amp import autocast
+from ..files import atomic_write
 from .inference import predict
 from .metric import SegMetric
-
-
-def palette(n: int) -> np.ndarray:
-    """(n, 3) uint8 distinct colours (golden-ratio hues, alternating brightness)."""
-    cols = [colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95 if i % 2 == 0 else 0.7) for i in range(n)]
-    return (np.array(cols) * 255).round().astype(np.uint8).reshape(n, 3)
-
-
-def colorize(label: np.ndarray, colours: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """(H, W) class map -> (H, W, 3) RGB; ignored pixels black."""
-    out = np.zeros((*label.shape, 3), dtype=np.uint8)
-    keep = label != ignore_index
-    out[keep] = colours[label[keep]]
-    return out
+from .visualize import class_colours, colorize
 
 
 def save_visualization(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
                        class_names: Sequence[str], ignore_index: int = 255) -> None:
-    """image | ground truth | prediction side by side, with a legend of the classes present (black = ignored; the
-    prediction is dimmed where the ground truth is ignored, since those pixels are not scored). Small images are
-    enlarged (nearest neighbour) to at least 256 px."""
-    colours = palette(len(class_names))
+    """image | ground truth | prediction side by side (small images enlarged, `drawing.display_size`), in the class
+    colours of `seg.visualize` (black = ignored; the prediction is dimmed where the ground truth is ignored, since
+    those pixels are not scored), with a legend of the classes present in either."""
+    colours = class_colours(class_names)
     predicted = colorize(pred, colours, ignore_index)
     unscored = label == ignore_index
     predicted[unscored] = (predicted[unscored] * 0.35).astype(np.uint8)
-    panels = np.concatenate([image, colorize(label, colours, ignore_index), predicted], 1)
-    zoom = max(1, 256 // max(label.shape))
-    panels = panels.repeat(zoom, 0).repeat(zoom, 1)
-    h, w = label.shape[0] * zoom, label.shape[1] * zoom
+    size = display_size(*label.shape)
+    text_font = font(font_size(*size))
+    panels = []
+    for pixels, title in ((image, "image"), (colorize(label, colours, ignore_index), "ground truth"),
+                          (predicted, "prediction")):
+        panel = Image.fromarray(resize_for_display(torch.from_numpy(pixels).permute(2, 0, 1), size)
+                                .permute(1, 2, 0).numpy())
+        draw_tag(ImageDraw.Draw(panel), (0, 0), title, (255, 255, 255), text_font, above=False)
+        panels.append(panel)
     present = sorted((set(np.unique(label).tolist()) | set(np.unique(pred).tolist())) - {ignore_index})
-    line = 14
-    canvas = Image.new("RGB", (panels.shape[1], h + line * (2 + len(present))), (255, 255, 255))
-    canvas.paste(Image.fromarray(panels), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for x, title in zip((0, w, 2 * w), ("image", "ground truth", "prediction")):
-        draw.text((x + 2, h + 1), title, fill=(0, 0, 0))
-    for i, c in enumerate(present):
-        y = h + line * (i + 1) + 2
-        draw.rectangle((2, y, 12, y + 10), fill=tuple(int(v) for v in colours[c]))
-        draw.text((16, y), class_names[c], fill=(0, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    legend = draw_legend([(class_names[c], tuple(int(v) for v in colours[c])) for c in present], size[0], text_font)
+    figure = side_by_side(tile(panels, columns=3), legend)
+    atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
 
 
 def _single(batch: List[Dict]) -> Dict:

@@ -61,7 +61,7 @@ class UPerHead(DecodeHead):
     """UPerNet (Xiao et al. 2018) as mmseg's UPerHead: PPM on the last level, lateral 1x1 convs on the others,
     top-down bilinear add, 3x3 FPN convs, all levels upsampled to the finest and concatenated, 3x3 bottleneck."""
 
-    def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
+    def __init__(self, in_channels: Sequence[int], *, channels: int, num_classes: int,
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, norm: str = "BN",
                  align_corners: bool = False):
         super().__init__(channels, num_classes, dropout)
@@ -88,7 +88,7 @@ class UPerHead(DecodeHead):
 class FCNHead(DecodeHead):
     """mmseg FCNHead on one pyramid level (`in_index`): `num_convs` 3x3 ConvModules (concat_input=False)."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, in_index: int = 2, num_convs: int = 1,
+    def __init__(self, in_channels: int, *, channels: int, num_classes: int, in_index: int = 2, num_convs: int = 1,
                  dropout: float = 0.1, norm: str = "BN"):
         super().__init__(channels, num_classes, dropout)
         self.in_index = in_index

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError
 from ..models import MultiLevelPyramid, build_vit, vit_out_indices
 from .heads import FCNHead, UPerHead, resize
 
@@ -42,7 +41,7 @@ class EncoderDecoder(nn.Module):
     {'loss_ce', 'aux_loss_ce' (already weighted), 'acc_seg'}; `encode_decode(images)` -> logits at image size (any
     size; mmseg's MAE backbone accepts only its img_size, hence its sliding-window test)."""
 
-    def __init__(self, backbone: nn.Module, out_indices: Sequence[int], neck: nn.Module, decode_head: UPerHead,
+    def __init__(self, backbone: nn.Module, *, out_indices: Sequence[int], neck: nn.Module, decode_head: UPerHead,
                  auxiliary_head: Optional[FCNHead] = None, aux_weight: float = 0.4, ignore_index: int = 255,
                  avg_non_ignore: bool = False):
         super().__init__()
@@ -103,18 +102,18 @@ def build_segmentor(model_cfg) -> EncoderDecoder:
     """The UperNet segmentor of the `model` config section (configs/seg/base.yaml documents the keys). Norm layers
     are BatchNorm; multi-process runs convert them to SyncBatchNorm when model.norm is SyncBN."""
     backbone = build_backbone(model_cfg)
+    # blocks within the depth: config.check_rules
     out_indices = list(model_cfg.out_indices) if model_cfg.out_indices else vit_out_indices(backbone.depth)
-    if max(out_indices) >= backbone.depth:
-        raise ConfigError(f"model.out_indices {out_indices} exceed the backbone's {backbone.depth} blocks")
     d = backbone.embed_dim
     neck = MultiLevelPyramid(d, norm="BN", scale_factors=tuple(model_cfg.scale_factors),
                              in_stride=backbone.patch_size)
-    decode_head = UPerHead(neck.out_channels, int(model_cfg.channels), int(model_cfg.num_classes),
-                           tuple(model_cfg.pool_scales), float(model_cfg.dropout), norm="BN")
+    decode_head = UPerHead(neck.out_channels, channels=int(model_cfg.channels), num_classes=int(model_cfg.num_classes),
+                           pool_scales=tuple(model_cfg.pool_scales), dropout=float(model_cfg.dropout), norm="BN")
     aux = None
     if int(model_cfg.aux_channels) > 0:
-        aux = FCNHead(neck.out_channels[model_cfg.aux_in_index], int(model_cfg.aux_channels),
-                      int(model_cfg.num_classes), int(model_cfg.aux_in_index), num_convs=1,
+        aux = FCNHead(neck.out_channels[model_cfg.aux_in_index], channels=int(model_cfg.aux_channels),
+                      num_classes=int(model_cfg.num_classes), in_index=int(model_cfg.aux_in_index), num_convs=1,
                       dropout=float(model_cfg.dropout), norm="BN")
-    return EncoderDecoder(backbone, out_indices, neck, decode_head, aux, float(model_cfg.aux_weight),
-                          int(model_cfg.ignore_index), bool(model_cfg.avg_non_ignore))
+    return EncoderDecoder(backbone, out_indices=out_indices, neck=neck, decode_head=decode_head, auxiliary_head=aux,
+                          aux_weight=float(model_cfg.aux_weight), ignore_index=int(model_cfg.ignore_index),
+                          avg_non_ignore=bool(model_cfg.avg_non_ignore))

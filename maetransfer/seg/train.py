@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
 from ..config import ConfigError
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
-from ..engine import Trainer, dist, evaluate_checkpoint, setup_process
+from ..engine import Task, dist, run_task
+from ..files import write_text
 from ..optim import param_groups
 from .evaluate import evaluate_segmentation
 from .metric import format_table
@@ -55,51 +56,64 @@ def load_segmentor(model: EncoderDecoder, path: str, unsafe: bool = False) -> No
 
 
 def write_metrics(metrics: Dict, names: List[str], output_dir: Path) -> None:
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(format_table(metrics["per_class"]))
     print(f"mIoU {metrics['mIoU']}  mAcc {metrics['mAcc']}  aAcc {metrics['aAcc']}  ({len(names)} classes)")
 
 
+class SegmentationTask(Task):
+    """ADE20K-layout data, UperNet, mIoU; results: the metrics written to <output_dir>/metrics.json."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__(cfg)
+        self.sync_batchnorm = "model.norm=SyncBN" if cfg.model.norm == "SyncBN" else None
+        self.names = class_names(cfg)
+        self.ignore = int(cfg.model.ignore_index)
+        self.common = dict(num_classes=int(cfg.model.num_classes), reduce_zero_label=bool(cfg.data.reduce_zero_label),
+                           ignore_index=self.ignore)
+
+    def prepare_data(self) -> None:
+        d = self.cfg.data
+        if d.demo and not (Path(d.root) / "images").is_dir():
+            write_demo_ade20k(d.root, int(d.demo_train), int(d.demo_val), int(d.demo_size),
+                              seed=int(self.cfg.train.seed))
+
+    def build(self, eval_only: bool) -> nn.Module:
+        cfg = self.cfg
+        self.val_set = ADE20KDataset(cfg.data.root, cfg.data.val_split, **self.common)
+        if not eval_only:
+            self.train_set = ADE20KDataset(cfg.data.root, cfg.data.train_split,
+                                           transform=SegTrainTransform(cfg.data, self.ignore), **self.common)
+        return build_segmentor(cfg.model)
+
+    load_trained = staticmethod(load_segmentor)
+
+    def load_pretrained(self, model: nn.Module, path: str, unsafe: bool) -> None:
+        load_into(model.backbone, load_encoder_state(path, unsafe), source=path)
+
+    def param_groups(self, model: nn.Module) -> List[Dict]:
+        # no_weight_decay=(): decay everything but 1-D tensors, as mmseg's LayerDecayOptimizerConstructor does in
+        # effect (its 'pos_embed'/'cls_token' exemption never matches the prefixed names); lr scales as mmseg's.
+        return param_groups(model, float(self.cfg.train.weight_decay), float(self.cfg.train.layer_decay),
+                            no_weight_decay=(), num_layers=model.depth + 1)
+
+    def loss_fn(self):
+        return SegLoss()
+
+    def evaluate(self, model: nn.Module) -> Dict:
+        cfg, output_dir = self.cfg, Path(self.cfg.train.output_dir)
+        self.results = evaluate_segmentation(model, self.val_set, cfg.eval, self.names, tuple(cfg.data.scale),
+                                             tuple(cfg.data.mean), tuple(cfg.data.std), next(model.parameters()).device,
+                                             self.ignore, vis_dir=output_dir / "vis", amp=cfg.eval.amp)
+        if dist.is_main_process():
+            write_metrics(self.results, self.names, output_dir)
+        return self.results
+
+    def trainer_options(self) -> Dict:
+        return {"collate_fn": collate_train, "checkpoint_meta": {"class_names": self.names}}  # for tools/predict.py
+
+
 def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
         init_checkpoint: Optional[str] = None) -> Dict:
-    """Train (unless eval_only) and evaluate; returns the metrics written to <output_dir>/metrics.json.
-    init_checkpoint: the file that train.init_checkpoint names, as the tool resolved it (released names, hub ids
-    and the demo encoder become files; the config keeps the name); by default train.init_checkpoint itself."""
-    output_dir = Path(cfg.train.output_dir)
-    device = setup_process(cfg.train)
-    if cfg.data.demo and dist.is_main_process() and not (Path(cfg.data.root) / "images").is_dir():
-        write_demo_ade20k(cfg.data.root, int(cfg.data.demo_train), int(cfg.data.demo_val), int(cfg.data.demo_size),
-                          seed=int(cfg.train.seed))
-    dist.barrier()
-    names = class_names(cfg)
-    ignore = int(cfg.model.ignore_index)
-    common = dict(num_classes=int(cfg.model.num_classes), reduce_zero_label=bool(cfg.data.reduce_zero_label),
-                  ignore_index=ignore)
-    val_set = ADE20KDataset(cfg.data.root, cfg.data.val_split, **common)
-    model = build_segmentor(cfg.model)
-
-    def evaluate(m: nn.Module) -> Dict:
-        metrics = evaluate_segmentation(m, val_set, cfg.eval, names, tuple(cfg.data.scale), tuple(cfg.data.mean),
-                                        tuple(cfg.data.std), next(m.parameters()).device, ignore,
-                                        vis_dir=output_dir / "vis", amp=cfg.eval.amp)
-        if dist.is_main_process():
-            write_metrics(metrics, names, output_dir)
-        return metrics
-
-    if eval_only:
-        return evaluate_checkpoint(model, load_segmentor, checkpoint, cfg, device, evaluate)
-
-    init = init_checkpoint or cfg.train.init_checkpoint
-    if init:
-        load_into(model.backbone, load_encoder_state(init, bool(cfg.train.unsafe_load)), source=init)
-    if cfg.model.norm == "SyncBN":
-        model = dist.sync_batchnorm(model, device, "model.norm=SyncBN")
-    train_set = ADE20KDataset(cfg.data.root, cfg.data.train_split, transform=SegTrainTransform(cfg.data, ignore),
-                              **common)
-    # no_weight_decay=(): decay everything but 1-D tensors, as mmseg's LayerDecayOptimizerConstructor does in effect
-    # (its 'pos_embed'/'cls_token' exemption never matches the prefixed names); lr scales as mmseg's.
-    groups = param_groups(model, float(cfg.train.weight_decay), float(cfg.train.layer_decay), no_weight_decay=(),
-                          num_layers=model.depth + 1)
-    trainer = Trainer(cfg, model, groups, train_set, SegLoss(), str(output_dir), collate_fn=collate_train,
-                      evaluate_fn=evaluate)
-    return trainer.fit()
+    """Train (unless eval_only) and evaluate (`engine.run_task`); returns the metrics written to metrics.json."""
+    return run_task(SegmentationTask(cfg), eval_only, checkpoint, init_checkpoint)
