@@ -1,7 +1,6 @@
 """Checkpoint reading/conversion, checked against independent implementations (timm, transformers ViTMAE) and against
 key layouts written out by hand from the reference converters (beit2mmseg, detectron2 ViTDet, HF conversion)."""
 import argparse
-import importlib.util
 import math
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from maetransfer.checkpoint import (CheckpointError, LoadedCheckpoint, load_encoder_state, load_into, parse_state,
                                     read_checkpoint, save_checkpoint)
 from maetransfer.models import build_vit
+from tool_modules import load_tool
 
 D, DEPTH, HEADS, PATCH, IMG = 32, 2, 2, 8, 32
 DEC_D, DEC_HEADS = 16, 2
@@ -300,10 +300,7 @@ def test_task_model_checkpoint_prefix_is_found(tmp_path):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_tool", ROOT / "tools" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool("convert_checkpoint").main
 
 
 def test_cli_converts_to_hf(official, tmp_path, capsys):

@@ -1,5 +1,4 @@
 """tools/train_cls.py end to end on tiny data: train + eval, eval-only of our and of official-layout checkpoints."""
-import importlib.util
 import json
 from functools import partial
 from pathlib import Path
@@ -13,11 +12,10 @@ from torchvision import transforms as T
 from maetransfer.cls import train as cls_train
 from maetransfer.data.cls import build_dataset, write_demo_data
 from maetransfer.models import build_vit
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("train_cls_tool", ROOT / "tools" / "train_cls.py")
-train_cls = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_cls)
+train_cls = load_tool("train_cls")
 
 TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
         "data.input_size=32", "train.epochs=1", "train.batch_size=8", "train.warmup_epochs=0", "eval.batch_size=8",

@@ -1,12 +1,12 @@
 """Allowed values are checked when the command line is parsed: a word a key does not take, or a number out of its
 range, ends the tool with one line naming the key, the value and what is allowed (exit 2), before anything is
 written; every recipe under configs/ passes the same checks, and the lists agree with the code that uses them."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from maetransfer.config import CHOICES, load_config
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,10 +33,7 @@ def test_the_lists_agree_with_the_code_that_reads_the_keys():
 
 
 def _main(tool):
-    spec = importlib.util.spec_from_file_location(f"{tool}_tool", ROOT / "tools" / f"{tool}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_tool(tool).main
 
 
 BAD_VALUES = [

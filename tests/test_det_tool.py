@@ -1,7 +1,6 @@
 """tools/train_det.py end to end on a few generated images: train + evaluate writes the standard files, --eval-only
 reproduces the numbers from the checkpoint, a detector exports to detectron2's layout (key names written out by hand
 from detectron2's ViTDet modules) and back bit-exact, bad inputs end with one line naming the file."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,15 +12,13 @@ import torch
 
 from maetransfer.data.coco import write_demo_coco
 from test_det_model import TINY
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("train_det_tool", ROOT / "tools" / "train_det.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_det")
 
 
 def _args(data, out, *extra):
@@ -107,10 +104,7 @@ def detectron2_keys(depth=4, global_blocks=(1, 3)):
 
 
 def _convert(*argv):
-    spec = importlib.util.spec_from_file_location("convert_tool", ROOT / "tools" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main([str(a) for a in argv])
+    load_tool("convert_checkpoint").main([str(a) for a in argv])
 
 
 def test_detector_exports_to_detectron2_layout_and_back_bit_exact(tmp_path):

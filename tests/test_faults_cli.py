@@ -1,6 +1,5 @@
 """Bad input on the command line, in the config, in the output folder and around the demos: found up front, reported
 as one line, and nothing of an earlier run is lost."""
-import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from maetransfer.cli import check_output_dir, run_tool, tool_parser
 from maetransfer.config import ConfigError, load_config
 from maetransfer.data.cls import write_demo_data
 from maetransfer.data.images import ImageReadError
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 # the recipes (configs/report/ holds report suites, which are no recipes)
@@ -26,10 +26,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name 
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"faults_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 train_cls, train_det, train_seg = _tool("train_cls"), _tool("train_det"), _tool("train_seg")

@@ -2,7 +2,6 @@
 ends the tool with one line naming the file, the entry and the problem (exit 1); an earlier run's files in the
 output folder stay byte-identical. Annotation problems that detectron2 tolerates are counted in one warning line.
 Errors raised in DataLoader workers come back as the same class with the worker's traceback in the message."""
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from maetransfer.data.coco import CocoDetection, CocoFormatError, write_demo_coc
 from maetransfer.data.images import IMG_EXTENSIONS, ImageReadError, MissingFileError
 from maetransfer.errors import InputError
 from test_det_model import TINY as DET_TINY
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 SEG_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=64", "model.channels=16",
@@ -31,10 +31,7 @@ CLS_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", 
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"faults_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import torch
 from tiny_trainer import train_tiny_mlp
 
 from maetransfer.config import load_config
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=32", "model.decoder_embed_dim=32",
@@ -154,9 +155,7 @@ def test_a_bad_engine_setting_is_one_line_and_the_run_folder_is_left_as_it_was(o
 
 def test_a_too_small_training_set_is_named_before_anything_is_written(tmp_path, capsys):
     from maetransfer.data.cls import write_demo_data
-    spec = importlib.util.spec_from_file_location("train_cls_tool", ROOT / "tools" / "train_cls.py")
-    train_cls = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_cls)
+    train_cls = load_tool("train_cls")
 
     write_demo_data(tmp_path / "data", n_train=16, n_val=4, size=32)
     out = tmp_path / "out"

@@ -5,7 +5,6 @@ and (where they are installed) detectron2's DefaultPredictor and mmseg's inferen
 file predicts here. Bad input is checked as a user meets it: main(), the exit code, one line, earlier files
 byte-identical."""
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,18 +19,12 @@ from maetransfer.data.cls import write_demo_data
 from maetransfer.data.coco import COCO_CATEGORIES, write_demo_coco
 from maetransfer.data.demo import render_scenes
 from maetransfer.predict import Predictor
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-predict_tool = _load_tool("predict")
+predict_tool = load_tool("predict")
 
 
 def _predict(*argv):
@@ -353,10 +346,9 @@ def test_a_vitdet_file_predicts_what_detectron2s_default_predictor_does(tmp_path
     assert min(stats["mask_ious"]) >= 0.95
 
 
-def test_segmentation_equals_mmsegs_inference_model(tmp_path):
+def test_segmentation_equals_mmsegs_inference_model(tmp_path, mmseg):
     """mmseg's inference_model with its MAE UperNet config, loaded from the mmseg-layout file of a random ViT-B
     UperNet of ours, on a photo: the same label map (up to pixels where OpenCV's resize rounds differently)."""
-    mmseg = pytest.importorskip("mmseg")
     cbook = pytest.importorskip("matplotlib.cbook")
     from mmseg.apis import inference_model, init_model
     from mmseg.datasets import ADE20KDataset
@@ -377,10 +369,15 @@ def test_segmentation_equals_mmsegs_inference_model(tmp_path):
     ckpt = read_checkpoint(tmp_path / "ours.pth")
     state = to_mmseg(ckpt)["state_dict"]
     state.update({k: v for k, v in ckpt.other.items() if k.startswith(("decode_head.", "auxiliary_head.", "neck."))})
-    torch.save({"state_dict": state}, tmp_path / "mmseg.pth")
+    # meta as in the released mmseg 0.x files, which init_model reads the class names from
+    torch.save({"state_dict": state, "meta": {"CLASSES": ADE20KDataset.METAINFO["classes"],
+                                              "PALETTE": ADE20KDataset.METAINFO["palette"]}}, tmp_path / "mmseg.pth")
     photo = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
     theirs = inference_model(init_model(str(mm_config), str(tmp_path / "mmseg.pth"), device="cpu"), photo)
     theirs = theirs.pred_sem_seg.data[0].cpu()
     mine = Predictor.from_config(cfg, str(tmp_path / "mmseg.pth"), device="cpu")(photo)["label_map"]
-    assert mine.shape == theirs.shape and (mine == theirs).float().mean() >= 0.995
+    assert mine.shape == theirs.shape
+    agree = (mine == theirs).float().mean().item()
+    print(f"mmseg inference_model vs Predictor: {agree:.4%} of {mine.numel()} pixels agree")
+    assert agree >= 0.995, agree

@@ -3,7 +3,6 @@ data is broken) for two encoders: the report run is killed while its second job 
 the jobs' own files, read here independently: finished jobs are read and not rerun, the stopped one resumes from its
 checkpoint, the report's numbers are those of each metrics.json, the failed row is marked with its log, the HTML
 is self-contained and renders in headless Chromium. Bad input ends with one line and leaves the report as it was."""
-import importlib.util
 import json
 import re
 import shutil
@@ -23,11 +22,10 @@ from maetransfer.data.cls import write_demo_data
 from maetransfer.data.coco import write_demo_coco
 from maetransfer.models import build_vit
 from maetransfer.report.suite import load_references, load_suite
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("transfer_report_tool", ROOT / "tools" / "transfer_report.py")
-report_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(report_tool)
+report_tool = load_tool("transfer_report")
 
 # one tiny encoder for every task: 32 wide, 4 blocks, 2 heads, patch 8
 MODEL = ["model.arch=vit_micro", "model.embed_dim=32", "model.depth=4", "model.num_heads=2", "model.patch_size=8"]

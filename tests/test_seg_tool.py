@@ -1,6 +1,5 @@
 """tools/train_seg.py end to end on a tiny generated ADE20K-layout set: train, evaluate, re-evaluate a checkpoint
 (ours and the same weights in mmseg naming)."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,11 +8,10 @@ import torch
 
 from maetransfer.checkpoint import read_checkpoint, to_mmseg
 from maetransfer.data.ade import write_demo_ade20k
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("train_seg", ROOT / "tools" / "train_seg.py")
-train_seg = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_seg)
+train_seg = load_tool("train_seg")
 
 TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=64", "model.channels=16",
         "model.aux_channels=8", "data.demo=false", "data.scale=[256,64]",

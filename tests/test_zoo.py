@@ -4,7 +4,6 @@ contents), server down; the tools take the names; Hugging Face ids come from hug
 import dataclasses
 import hashlib
 import http.server
-import importlib.util
 import io
 import re
 import threading
@@ -25,15 +24,13 @@ from maetransfer.det.model import build_mask_rcnn
 from maetransfer.models import build_vit
 from maetransfer.seg.segmentor import build_segmentor
 from pretrain.models_mae import MaskedAutoencoderViT
+from tool_modules import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"zoo_test_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(name)
 
 
 class _ReleaseHandler(http.server.BaseHTTPRequestHandler):

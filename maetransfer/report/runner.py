@@ -69,18 +69,20 @@ class Job:
         """Processes on each node: one per GPU (or as many tasks as the suite asks for)."""
         return int(self.resources.get("tasks_per_node") or self.resources.get("gpus_per_node") or 1)
 
-    def command(self, python: str = sys.executable) -> List[str]:
-        """The local command line: python for one process, torchrun for one node's processes."""
+    def command(self, python: str = sys.executable, unbuffered: bool = True) -> List[str]:
+        """The local command line: python for one process, torchrun for one node's processes; unbuffered, so that
+        the job's log follows its progress."""
+        flags = ["-u"] if unbuffered else []
         if self.processes == 1:
-            return [python, "-u", self.tool_path, *self.argv]
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
+            return [python, *flags, self.tool_path, *self.argv]
+        return [python, *flags, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
                 self.tool_path, *self.argv]
 
     def display_command(self) -> List[str]:
         """The command that runs this job alone, as a person types it: the local one, or for Slurm the same job
         submitted through tools/submit.py (also for a job of several nodes, which runs nowhere else)."""
         if self.launcher == "local" and int(self.resources.get("nodes") or 1) == 1:
-            return self.command("python")
+            return self.command("python", unbuffered=False)
         options = []
         for key, value in self.resources.items():
             if value in (None, "", 0) or key == "sbatch":
@@ -288,7 +290,7 @@ def run_local(job: Job, on_start: Callable[[Job], None] = lambda job: None) -> D
     part = _begin_part(job, record, "local")
     job.output_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(job.local_log, "ab") as log:
-        log.write(f"$ {shlex.join(job.command('python'))}\n".encode())
+        log.write(f"$ {shlex.join(job.display_command())}\n".encode())
         log.flush()
         process = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
