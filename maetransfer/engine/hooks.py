@@ -191,34 +191,36 @@ class ProgressBar(Hook):
             self.bar = None
 
 
-class PeriodicCheckpointer(Hook):
-    """A training checkpoint every `period` iterations or epochs (train.checkpoint_period)."""
+class PeriodicHook(Hook):
+    """Runs `act` every `period` iterations or epochs (whichever the period counts, see period_hit)."""
 
     def __init__(self, period: int):
         self.period = period
 
-    def after_update(self, trainer, record):
-        if period_hit(trainer, self.period, epoch_end=False):
-            trainer.save_checkpoint()
-
-    def after_epoch(self, trainer):
-        if period_hit(trainer, self.period, epoch_end=True):
-            trainer.save_checkpoint()
-
-
-class PeriodicEvaluator(Hook):
-    """An evaluation every `period` iterations or epochs (train.eval_period)."""
-
-    def __init__(self, period: int):
-        self.period = period
+    def act(self, trainer):
+        raise NotImplementedError
 
     def after_update(self, trainer, record):
         if period_hit(trainer, self.period, epoch_end=False):
-            trainer.evaluate()
+            self.act(trainer)
 
     def after_epoch(self, trainer):
         if period_hit(trainer, self.period, epoch_end=True):
-            trainer.evaluate()
+            self.act(trainer)
+
+
+class PeriodicCheckpointer(PeriodicHook):
+    """A training checkpoint every train.checkpoint_period."""
+
+    def act(self, trainer):
+        trainer.save_checkpoint()
+
+
+class PeriodicEvaluator(PeriodicHook):
+    """An evaluation every train.eval_period."""
+
+    def act(self, trainer):
+        trainer.evaluate()
 
 
 def default_hooks(trainer: "Trainer", averaged: Optional[WeightAverage]) -> List[Hook]:
