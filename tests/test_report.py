@@ -209,8 +209,11 @@ def test_the_html_is_self_contained_and_renders_in_chromium(run, tmp_path):
     if chromium is None:
         pytest.skip("no chromium (Debian: apt-get install -y chromium)")
     shot = tmp_path / "report.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1400,2400", f"--screenshot={shot}", (run.out / "report.html").as_uri()],
+    # no network at all: the page must render from itself (and Chromium's own background traffic is switched off)
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2400", f"--screenshot={shot}",
+                    (run.out / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.shape == (2400, 1400, 3)
