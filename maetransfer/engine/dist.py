@@ -1,5 +1,6 @@
 """torch.distributed set-up from the launcher's environment: torchrun's variables, or Slurm's for the tasks of an
 srun step (single process when neither describes a group). Tasks never see which launcher started them."""
+import atexit
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -41,6 +42,15 @@ def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) ->
         if device_type == "cuda":
             torch.cuda.set_device(local_device_index())
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        if backend == "gloo":
+            # left to the interpreter's exit, gloo's threads can outlive the group once the other processes are gone,
+            # and a run that finished aborts ("terminate called without an active exception", SIGABRT)
+            atexit.register(_close_gloo_group)
+
+
+def _close_gloo_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device_index() -> int:
