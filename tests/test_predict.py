@@ -381,3 +381,23 @@ def test_segmentation_equals_mmsegs_inference_model(tmp_path, mmseg):
     agree = (mine == theirs).float().mean().item()
     print(f"mmseg inference_model vs Predictor: {agree:.4%} of {mine.numel()} pixels agree")
     assert agree >= 0.995, agree
+
+
+def test_a_run_into_an_earlier_runs_folder_from_the_command_line_is_one_line(det_run, tmp_path):
+    """An error path as a user meets it: a second run into an earlier run's folder, in a separate process: exit 2,
+    one line on stderr, the earlier run's files byte-identical."""
+    import subprocess
+    import sys
+
+    data, run = det_run
+    out = tmp_path / "out"
+    common = ["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pth")]
+    _predict(*common, data / "val2017" / "000000000001.png", "--output", out)
+    before = _snapshot(out)
+    result = subprocess.run([sys.executable, "tools/predict.py", *common, str(data / "val2017" / "000000000002.png"),
+                             "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {out} holds 1 of the files this run writes, e.g. predictions.json: pass --overwrite to replace "
+        "them, or choose another --output"]
+    assert _snapshot(out) == before

@@ -286,3 +286,14 @@ def test_the_slurm_launcher_submits_every_job_at_once_and_reports_them(run, tmp_
         metrics = json.loads((out / "runs" / enc / "cls" / "metrics.json").read_text())
         assert report[enc]["metrics"]["top1"] == metrics["top1"]
         assert "python tools/submit.py --time 10 --cpus-per-task 1 tools/train_cls.py" in report[enc]["command"]
+
+
+def test_a_bad_suite_from_the_command_line_is_one_line_and_exit_2(run):
+    """As a user meets it: a separate process, exit 2, one line, the report folder byte-identical."""
+    before = _snapshot(run.out)
+    result = subprocess.run([*run.command()[:2], "--suite", "nope", "--output", str(run.out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: unknown suite 'nope': choose one of demo, ") and \
+        result.stderr.count("\n") == 1, result.stderr
+    assert _snapshot(run.out) == before
