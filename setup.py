@@ -2,6 +2,8 @@ from setuptools import find_packages, setup
 
 # below 2: tools/submit.py --dry-run prints the batch script through a method submitit keeps private
 SUBMITIT = "submitit>=1.5,<2"
+# tools/export.py and running exported models (ONNX Runtime on CPU; onnxruntime-gpu brings the CUDA provider)
+EXPORT = ["onnx>=1.16", "onnxruntime>=1.18"]
 
 setup(
     name="maetransfer",
@@ -34,6 +36,7 @@ setup(
     extras_require={
         # tools/submit.py: Slurm jobs through submitit, as the official MAE submits (srun and sbatch need nothing)
         "slurm": [SUBMITIT],
-        "dev": ["pytest>=7", "transformers>=4.40", SUBMITIT],
+        "export": EXPORT,
+        "dev": ["pytest>=7", "transformers>=4.40", SUBMITIT, *EXPORT],
     },
 )

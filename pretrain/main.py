@@ -77,7 +77,7 @@ class PretrainingTask(Task):
     """MAE pretraining on a folder of images; results: the exported encoder file ({'model': encoder}, official
     layout). No evaluation: each checkpoint exports the encoder and a figure of reconstructions."""
 
-    stage = "pretrain"
+    name = stage = "pretrain"
 
     def build(self, eval_only: bool) -> MaskedAutoencoderViT:
         cfg = self.cfg

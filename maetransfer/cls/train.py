@@ -9,7 +9,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
-from ..engine import Task, dist, run_task
+from ..engine import Task, dist, model_device, run_task
 from ..optim import param_groups
 from .evaluate import evaluate_classifier, format_summary, write_results
 from .model import build_classifier
@@ -81,6 +81,8 @@ class ClassificationTask(Task):
     """iNat / Places / ImageNet-layout data, the classifier (fine-tune, linear probe or partial fine-tune), top-k and
     per-class evaluation; results: the summary written to <output_dir>/metrics.json."""
 
+    name = "cls"
+
     def prepare_data(self) -> None:
         d = self.cfg.data
         if d.demo:
@@ -112,7 +114,7 @@ class ClassificationTask(Task):
     def evaluate(self, model: nn.Module) -> Dict:
         cfg, val_set = self.cfg, self.val_set
         counter = evaluate_classifier(model, val_set, val_set.num_classes, int(cfg.eval.batch_size),
-                                      next(model.parameters()).device, int(cfg.train.num_workers), cfg.eval.amp)
+                                      model_device(model), int(cfg.train.num_workers), cfg.eval.amp)
         self.results = counter.summary()
         if dist.is_main_process():
             self.results = write_results(counter, val_set.classes, cfg.train.output_dir,

@@ -5,6 +5,7 @@ import math
 from typing import Sequence, Tuple
 
 import torch
+from torchvision.ops import clip_boxes_to_image
 
 # detectron2's _DEFAULT_SCALE_CLAMP: exp(dw) never widens a box more than 1000/16 times.
 SCALE_CLAMP = math.log(1000.0 / 16)
@@ -64,3 +65,15 @@ class Matcher:
             _, boxes = torch.nonzero(quality == best_per_gt[:, None], as_tuple=True)
             labels[boxes] = 1
         return matches, labels
+
+
+def clip_boxes(boxes: torch.Tensor, size) -> torch.Tensor:
+    """torchvision's `clip_boxes_to_image` for boxes (..., 4) in an image of `size` (h, w): Python numbers, or 0-d
+    tensors as in an exported detector, whose image size is an input of the graph (torchvision would turn tensor sizes
+    into constants when traced). The same clamps either way."""
+    h, w = size
+    if not isinstance(h, torch.Tensor):
+        return clip_boxes_to_image(boxes, (h, w))
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), w.to(boxes.dtype))
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), h.to(boxes.dtype))
+    return torch.stack((x, y), dim=-1).reshape(boxes.shape)

@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..data.coco import CocoDetection, collate_detection
-from ..engine import ShieldedDataLoader, dist
+from ..engine import ShieldedDataLoader, dist, model_device
 from ..engine.amp import autocast
 from ..files import write_text
 
@@ -147,7 +147,7 @@ class COCOEvaluator:
     def predict(self, model: torch.nn.Module) -> List[Dict]:
         """This rank's share of the split -> COCO result dicts, predicted at the network's test size (the dataset's
         transform) and mapped back to each image's size in the annotation file."""
-        device = next(model.parameters()).device
+        device = model_device(model)
         was_training = model.training
         model.eval()
         loader = ShieldedDataLoader(Subset(self.dataset, self.image_indices()), batch_size=self.batch_size,

@@ -89,42 +89,59 @@ class MaskRCNN(nn.Module):
         self.backbone.compile(*args, **kwargs)
 
     def preprocess(self, images: List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
-        """Normalise, then zero-pad every image to the fixed `pad_size` square (detectron2 `square_pad`)."""
-        sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        if max(max(s) for s in sizes) > self.pad_size:
-            raise ValueError(f"image of size {max(sizes, key=max)} is larger than the {self.pad_size} px square the "
-                             f"detector pads to: resize it first (test: ResizeShortestEdge, training: LSJ)")
-        batch = self.pixel_mean.new_zeros((len(images), 3, self.pad_size, self.pad_size))
-        for i, (img, (h, w)) in enumerate(zip(images, sizes)):
-            batch[i, :, :h, :w] = (img.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
-        return batch, sizes
+        return normalize_and_pad(images, self.pixel_mean, self.pixel_std, self.pad_size)
 
     def forward(self, images: List[torch.Tensor], targets: Optional[List[Dict]] = None,
                 output_sizes: Optional[List[Tuple[int, int]]] = None):
         batch, sizes = self.preprocess(images)
+        if not self.training:
+            detections = self.inference(batch, sizes)
+            return [self.postprocess(d, size, out) for d, size, out in zip(detections, sizes, output_sizes or sizes)]
         features = list(self.backbone(batch).values())
-        gt_boxes = [t["boxes"] for t in targets] if self.training else None
-        proposals, losses = self.proposal_generator(features, sizes, gt_boxes)
-        roi_features = features[:-1]  # the extra max-pool level feeds only the RPN (detectron2 box_in_features)
-        if self.training:
-            losses.update(self.roi_heads(roi_features, proposals, sizes, targets))
-            return losses
-        detections = self.roi_heads(roi_features, proposals, sizes)
-        return [self.postprocess(d, size, out) for d, size, out in zip(detections, sizes, output_sizes or sizes)]
+        proposals, losses = self.proposal_generator(features, sizes, [t["boxes"] for t in targets])
+        losses.update(self.roi_heads(features[:-1], proposals, sizes, targets))
+        return losses
+
+    def inference(self, batch: torch.Tensor, sizes: List[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
+        """The network on a preprocessed batch whose images fill `sizes` (h, w) of the padded square: per image
+        `boxes`, `scores`, `labels` and 28 x 28 `mask_probs` at the padded input's scale. This is what an exported
+        detector holds (`maetransfer.export`); `postprocess` maps it to an image."""
+        features = list(self.backbone(batch).values())
+        proposals, _ = self.proposal_generator(features, sizes)
+        # the extra max-pool level feeds only the RPN (detectron2 box_in_features)
+        return self.roi_heads(features[:-1], proposals, sizes)
 
     def postprocess(self, detection: Dict, input_size: Tuple[int, int], output_size: Tuple[int, int]) -> Dict:
-        """detectron2 `detector_postprocess`: boxes scaled to `output_size` and clipped, empty boxes dropped, masks
-        pasted into the output image and thresholded."""
-        out_h, out_w = int(output_size[0]), int(output_size[1])
-        boxes = detection["boxes"].clone()
-        boxes[:, 0::2] *= out_w / input_size[1]
-        boxes[:, 1::2] *= out_h / input_size[0]
-        boxes = clip_boxes_to_image(boxes, (out_h, out_w))
-        keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
-        boxes = boxes[keep]
-        return {"boxes": boxes, "scores": detection["scores"][keep], "labels": detection["labels"][keep],
-                "masks": paste_masks_in_image(detection["mask_probs"][keep], boxes, (out_h, out_w),
-                                              self.mask_threshold)}
+        return postprocess_detection(detection, input_size, output_size, self.mask_threshold)
+
+
+def normalize_and_pad(images: List[torch.Tensor], pixel_mean: torch.Tensor, pixel_std: torch.Tensor,
+                      pad_size: int) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
+    """Normalise (mean / std of shape (3, 1, 1)), then zero-pad every image to the fixed `pad_size` square
+    (detectron2 `square_pad`); returns the batch and the images' sizes."""
+    sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    if max(max(s) for s in sizes) > pad_size:
+        raise ValueError(f"image of size {max(sizes, key=max)} is larger than the {pad_size} px square the "
+                         f"detector pads to: resize it first (test: ResizeShortestEdge, training: LSJ)")
+    batch = pixel_mean.new_zeros((len(images), 3, pad_size, pad_size))
+    for i, (img, (h, w)) in enumerate(zip(images, sizes)):
+        batch[i, :, :h, :w] = (img.to(pixel_mean.device) - pixel_mean) / pixel_std
+    return batch, sizes
+
+
+def postprocess_detection(detection: Dict, input_size: Tuple[int, int], output_size: Tuple[int, int],
+                          mask_threshold: float = 0.5) -> Dict:
+    """detectron2 `detector_postprocess`: boxes scaled to `output_size` and clipped, empty boxes dropped, masks
+    pasted into the output image and thresholded at `mask_threshold`."""
+    out_h, out_w = int(output_size[0]), int(output_size[1])
+    boxes = detection["boxes"].clone()
+    boxes[:, 0::2] *= out_w / input_size[1]
+    boxes[:, 1::2] *= out_h / input_size[0]
+    boxes = clip_boxes_to_image(boxes, (out_h, out_w))
+    keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+    boxes = boxes[keep]
+    return {"boxes": boxes, "scores": detection["scores"][keep], "labels": detection["labels"][keep],
+            "masks": paste_masks_in_image(detection["mask_probs"][keep], boxes, (out_h, out_w), mask_threshold)}
 
 
 def _size_overrides(model_cfg) -> Dict:

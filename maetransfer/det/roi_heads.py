@@ -14,11 +14,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
+from torchvision.ops import batched_nms, roi_align
 
 from ..models.pyramid import ConvNorm
 from .masks import mask_targets
-from .boxes import Box2BoxTransform, Matcher
+from .boxes import Box2BoxTransform, Matcher, clip_boxes
 from .sampling import match, subsample_labels
 
 
@@ -48,20 +48,25 @@ class ROIPooler(nn.Module):
 
     def forward(self, features: List[torch.Tensor], boxes: List[torch.Tensor]) -> torch.Tensor:
         """Pooled (sum R_i, C, S, S) features of the boxes of every image, in order."""
+        # Box counts are read from shapes inside tensor ops, never as Python numbers, so that an exported graph
+        # (traced) keeps them dynamic.
         all_boxes = torch.cat(boxes)
-        index = torch.repeat_interleave(torch.arange(len(boxes), dtype=all_boxes.dtype, device=all_boxes.device),
-                                        torch.tensor([len(b) for b in boxes], device=all_boxes.device))
-        rois = torch.cat([index[:, None], all_boxes], dim=1)
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
         size = (self.output_size, self.output_size)
         if len(features) == 1:
             return _roi_align_fp32(features[0], rois, size, self.scales[0])
         levels = self.levels(all_boxes)
-        out = torch.zeros((len(rois), features[0].shape[1], *size), dtype=features[0].dtype,
-                          device=features[0].device)
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], *size))
         for level, (x, scale) in enumerate(zip(features, self.scales)):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
             out.index_put_((inds,), _roi_align_fp32(x, rois[inds], size, scale))
         return out
+
+
+def _split(x: torch.Tensor, parts: List[torch.Tensor]) -> List[torch.Tensor]:
+    """`x` split into the lengths of `parts` (one per image); a single image's rows are `x` itself, with no length
+    read as a Python number."""
+    return [x] if len(parts) == 1 else list(x.split([len(p) for p in parts]))
 
 
 def _msra_fill(module: nn.Module) -> None:
@@ -195,30 +200,26 @@ class ROIHeads(nn.Module):
         mask_probs (R, M, M), at the size the network saw."""
         if self.training:
             return self.losses(features, proposals, targets)
+        # One path whatever the counts (the mask head runs on zero boxes too), and no split for a single image: the
+        # exported graph is this code traced on one image, and tracing fixes Python branches and numbers.
         scores, deltas = self.box_predictor(self.box_head(self.box_pooler(features, proposals)))
-        counts = [len(p) for p in proposals]
-        boxes = self.box_transform.apply_deltas(deltas.float(), torch.cat(proposals)).split(counts)
-        probs = F.softmax(scores, dim=-1).split(counts)
+        boxes = _split(self.box_transform.apply_deltas(deltas.float(), torch.cat(proposals)), proposals)
+        probs = _split(F.softmax(scores, dim=-1), proposals)
         detections = [self.detect(b, p, size) for b, p, size in zip(boxes, probs, image_sizes)]
-        if sum(len(d["boxes"]) for d in detections):
-            logits = self.mask_head(self.mask_pooler(features, [d["boxes"] for d in detections]))
-            labels = torch.cat([d["labels"] for d in detections])
-            mask_probs = logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
-            for d, m in zip(detections, mask_probs.split([len(d["boxes"]) for d in detections])):
-                d["mask_probs"] = m
-        else:
-            size = self.mask_pooler.output_size * 2
-            for d in detections:
-                d["mask_probs"] = features[0].new_zeros((0, size, size))
+        logits = self.mask_head(self.mask_pooler(features, [d["boxes"] for d in detections]))
+        labels = torch.cat([d["labels"] for d in detections])
+        index = labels.view(-1, 1, 1, 1).expand(-1, 1, *logits.shape[2:])
+        mask_probs = logits.gather(1, index)[:, 0].sigmoid()  # the mask of each detection's class
+        for d, m in zip(detections, _split(mask_probs, [d["boxes"] for d in detections])):
+            d["mask_probs"] = m
         return detections
 
     def detect(self, boxes: torch.Tensor, probs: torch.Tensor, image_size: Tuple[int, int]) -> Dict:
         """detectron2 `fast_rcnn_inference_single_image`."""
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(probs).all(dim=1)
-        if not valid.all():
-            boxes, probs = boxes[valid], probs[valid]
+        boxes, probs = boxes[valid], probs[valid]  # no branch: see forward
         probs = probs[:, :-1]
-        boxes = clip_boxes_to_image(boxes.reshape(-1, 4), image_size).view(-1, self.num_classes, 4)
+        boxes = clip_boxes(boxes.reshape(-1, 4), image_size).view(-1, self.num_classes, 4)
         keep_mask = probs > self.score_thresh
         inds = keep_mask.nonzero()
         boxes, scores = boxes[keep_mask], probs[keep_mask]

@@ -13,10 +13,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms
 
 from ..models.pyramid import ConvNorm
-from .boxes import Box2BoxTransform, Matcher
+from .boxes import Box2BoxTransform, Matcher, clip_boxes
 from .sampling import match, subsample_labels
 
 
@@ -128,13 +128,11 @@ class RPN(nn.Module):
         results = []
         for boxes_i, scores_i, (h, w) in zip(boxes, scores, image_sizes):
             valid = torch.isfinite(boxes_i).all(dim=1) & torch.isfinite(scores_i)
-            if not valid.all():
-                if self.training:
-                    raise FloatingPointError("RPN proposals or scores are not finite: training has diverged")
-                boxes_i, scores_i, lvl = boxes_i[valid], scores_i[valid], levels[valid]
-            else:
-                lvl = levels
-            boxes_i = clip_boxes_to_image(boxes_i, (h, w))
+            if self.training and not valid.all():
+                raise FloatingPointError("RPN proposals or scores are not finite: training has diverged")
+            # indexed whether or not all are finite: one graph for export (tracing would fix the branch taken)
+            boxes_i, scores_i, lvl = boxes_i[valid], scores_i[valid], levels[valid]
+            boxes_i = clip_boxes(boxes_i, (h, w))
             size = boxes_i[:, 2:] - boxes_i[:, :2]
             keep = (size > self.min_box_size).all(dim=1)
             boxes_i, scores_i, lvl = boxes_i[keep], scores_i[keep], lvl[keep]

@@ -9,7 +9,7 @@ from ..checkpoint import (CheckpointError, detector_state, is_detector, load_det
                           read_raw, read_state, unwrap_state)
 from ..data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection,
                          write_demo_coco)
-from ..engine import Task, dist, run_task
+from ..engine import Task, dist, model_device, run_task
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
@@ -60,6 +60,8 @@ def load_detector(model: nn.Module, path: str, unsafe: bool = False) -> None:
 class DetectionTask(Task):
     """COCO-layout data with LSJ, the ViTDet Mask R-CNN, COCOeval bbox/segm; results {'bbox': {...}, 'segm': {...}}
     on the main process, as written to <output_dir>/metrics.json."""
+
+    name = "det"
 
     # BN variants (Table 4) normalise across processes, as detectron2's SyncBN
     sync_batchnorm = "BN in model.pyramid_norm / fpn_norm / head_norm"

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from ..config import save_config
+from ..export.runtime import check_config, is_exported, open_exported
 from . import dist, progress
 from .trainer import Trainer, setup_process
 
@@ -20,6 +21,7 @@ class Task:
     `evaluate(model)` runs on every process, writes the task's results (main process) and returns the scalars to log;
     it keeps what the run returns in `results`."""
 
+    name = ""  # the task's short name ('det', 'seg', 'cls'; 'pretrain')
     stage = "train"  # the progress stage of its training ('pretrain' for MAE pretraining)
     # The config setting that asks for BatchNorm synchronised across processes, when the built model has BatchNorm
     # that should be (e.g. "model.norm=SyncBN"); None: per-process BatchNorm, or none at all.
@@ -70,7 +72,7 @@ def run_task(task: Task, eval_only: bool = False, checkpoint: Optional[str] = No
     dist.barrier()
     model = task.build(eval_only)
     if eval_only:
-        evaluate_checkpoint(model, task.load_trained, checkpoint, cfg, device, task.evaluate)
+        evaluate_checkpoint(model, task.load_trained, checkpoint, cfg, device, task.evaluate, task.name)
         return task.results
     init = init_checkpoint or cfg.train.init_checkpoint
     if init:
@@ -84,15 +86,27 @@ def run_task(task: Task, eval_only: bool = False, checkpoint: Optional[str] = No
 
 
 def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool], None], checkpoint: Optional[str],
-                        cfg: DictConfig, device: torch.device, evaluate_fn: Callable[[nn.Module], Dict]) -> Dict:
-    """--eval-only: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate."""
+                        cfg: DictConfig, device: torch.device, evaluate_fn: Callable[[nn.Module], Dict],
+                        task: str = "") -> Dict:
+    """--eval-only: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate. A file written by
+    tools/export.py replaces `model` instead (the exported model of `task`, run by ONNX Runtime or TorchScript), so
+    that the metric is the deployed file's."""
     if not checkpoint:
         raise ValueError("--eval-only needs --checkpoint")
     progress.begin_stage("evaluate", f"{checkpoint} on the validation set")
-    load(model, checkpoint, bool(cfg.train.unsafe_load))
+    if is_exported(checkpoint):
+        model = open_exported(checkpoint, task, device)
+        check_config(model.meta, cfg, checkpoint)
+    else:
+        load(model, checkpoint, bool(cfg.train.unsafe_load))
     model.to(device).eval()
     if dist.is_main_process():
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
     with torch.no_grad():
         return evaluate_fn(model)
 
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model computes on: its parameters' (an exported model has none and names its own)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else model.device

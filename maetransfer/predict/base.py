@@ -16,6 +16,7 @@ from ..data.ade import read_image
 from ..data.images import print_warning
 from ..engine.amp import AMP_DTYPES, autocast
 from ..errors import InputError
+from ..export.runtime import check_config, is_exported, open_exported
 from ..zoo import resolve
 
 # A key only the task's recipes have (configs/{det,seg,cls}/base.yaml): the config says which task it is.
@@ -123,6 +124,8 @@ class Predictor(ABC):
         if cls is not Predictor and cls is not predictor:
             raise ConfigError(f"{config}: a {TASK_NAMES[task]} recipe, not one for {cls.__name__}")
         path = str(resolve(checkpoint, unsafe))
+        if is_exported(path):
+            return predictor.from_exported(cfg, path, device, amp, class_names, **options)
         # Mapped, not read: the class count and the names this project's checkpoints carry cost nothing to look at.
         obj, _ = read_raw(path, unsafe, mmap=True)
         held = checkpoint_task(unwrap_state(obj, path)[0])
@@ -131,19 +134,40 @@ class Predictor(ABC):
                                   "recipe")
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
         model, num_classes = predictor.load(cfg, path, obj, meta, unsafe)
+        names = predictor.class_names_for(cfg, path, meta, num_classes, class_names)
+        return predictor(cfg, model, names, device, amp, meta=meta, **options)
+
+    @classmethod
+    def from_exported(cls, cfg: DictConfig, path: str, device: str = "auto", amp: str = "none",
+                      class_names: Union[None, str, Path, Sequence[str]] = None, **options) -> "Predictor":
+        """The predictor of a model written by tools/export.py (ONNX Runtime or TorchScript), with the PyTorch
+        predictor's pre- and post-processing; its metadata must fit the config (input size, classes)."""
+        if amp != "none":
+            raise ConfigError(f"--amp {amp}: {path} is an exported model, which runs in the precision it was "
+                              "exported in (fp32)")
+        model = open_exported(path, cls.task, pick_device(device))
+        check_config(model.meta, cfg, path)
+        names = cls.class_names_for(cfg, path, model.meta, int(model.meta["num_classes"]), class_names)
+        return cls(cfg, model, names, device, amp, meta=model.meta, **options)
+
+    @classmethod
+    def class_names_for(cls, cfg: DictConfig, path: str, meta: Dict, num_classes: int,
+                        class_names: Union[None, str, Path, Sequence[str]]) -> List[str]:
+        """`class_names` (a list or a file of one name per line) when given, else the checkpoint's, else the task's
+        released names for that many classes, else 'class 0', 'class 1', ..."""
         if class_names is None:
-            names = meta.get("class_names") or predictor.model_class_names(cfg, num_classes)
+            names = meta.get("class_names") or cls.model_class_names(cfg, num_classes)
             if names is None:
                 print_warning(f"{path}: no class names known for its {num_classes} classes; they are shown as "
                               "'class 0', 'class 1', ... (--class-names FILE names them)")
                 names = [f"class {i}" for i in range(num_classes)]
-        else:
-            names = read_class_names(class_names) if isinstance(class_names, (str, Path)) else list(class_names)
-            if len(names) != num_classes:
-                source = class_names if isinstance(class_names, (str, Path)) else "class_names"
-                raise ClassNamesError(f"{source}: {len(names)} class names, but the model in {path} predicts "
-                                      f"{num_classes} classes")
-        return predictor(cfg, model, names, device, amp, meta=meta, **options)
+            return list(names)
+        names = read_class_names(class_names) if isinstance(class_names, (str, Path)) else list(class_names)
+        if len(names) != num_classes:
+            source = class_names if isinstance(class_names, (str, Path)) else "class_names"
+            raise ClassNamesError(f"{source}: {len(names)} class names, but the model in {path} predicts "
+                                  f"{num_classes} classes")
+        return names
 
     @classmethod
     @abstractmethod

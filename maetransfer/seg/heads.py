@@ -45,11 +45,35 @@ class DecodeHead(nn.Module):
         return self.conv_seg(self.dropout(x))
 
 
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d that also exports: ONNX has adaptive pooling only for output sizes that divide the input
+    (the PPM's 3 and 6 bins do not divide a 512 crop's 16 x 16 map), so while a graph is traced the same bins are
+    computed as two constant averaging matrices, P_h x P_w^T, with PyTorch's bin bounds (floor(i n / k) to
+    ceil((i + 1) n / k)); eager runs keep the library op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing():
+            return super().forward(x)
+        out_h, out_w = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+        p_h = adaptive_pool_matrix(int(x.shape[-2]), out_h or int(x.shape[-2])).to(x)
+        p_w = adaptive_pool_matrix(int(x.shape[-1]), out_w or int(x.shape[-1])).to(x)
+        return torch.einsum("ih,nchw,jw->ncij", p_h, x, p_w)
+
+
+def adaptive_pool_matrix(size: int, bins: int) -> torch.Tensor:
+    """(bins, size): row i averages the inputs of adaptive-pooling bin i."""
+    matrix = torch.zeros(bins, size)
+    for i in range(bins):
+        start, end = (i * size) // bins, -(-(i + 1) * size // bins)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
 class PPM(nn.ModuleList):
     """Pyramid pooling: per scale adaptive average pool -> 1x1 ConvModule -> bilinear back to the input size."""
 
     def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int, norm: str, align_corners: bool):
-        super().__init__([nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1, norm))
+        super().__init__([nn.Sequential(AdaptiveAvgPool2d(s), ConvModule(in_channels, channels, 1, norm))
                           for s in pool_scales])
         self.align_corners = align_corners
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
 from ..config import ConfigError
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
-from ..engine import Task, dist, run_task
+from ..engine import Task, dist, model_device, run_task
 from ..files import write_text
 from ..optim import param_groups
 from .evaluate import evaluate_segmentation
@@ -64,6 +64,8 @@ def write_metrics(metrics: Dict, names: List[str], output_dir: Path) -> None:
 class SegmentationTask(Task):
     """ADE20K-layout data, UperNet, mIoU; results: the metrics written to <output_dir>/metrics.json."""
 
+    name = "seg"
+
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
         self.sync_batchnorm = "model.norm=SyncBN" if cfg.model.norm == "SyncBN" else None
@@ -103,7 +105,7 @@ class SegmentationTask(Task):
     def evaluate(self, model: nn.Module) -> Dict:
         cfg, output_dir = self.cfg, Path(self.cfg.train.output_dir)
         self.results = evaluate_segmentation(model, self.val_set, cfg.eval, self.names, tuple(cfg.data.scale),
-                                             tuple(cfg.data.mean), tuple(cfg.data.std), next(model.parameters()).device,
+                                             tuple(cfg.data.mean), tuple(cfg.data.std), model_device(model),
                                              self.ignore, vis_dir=output_dir / "vis", amp=cfg.eval.amp)
         if dist.is_main_process():
             write_metrics(self.results, self.names, output_dir)
