@@ -366,6 +366,37 @@ def test_export_errors_are_one_line_and_leave_earlier_files_untouched(det_export
     assert not any((tmp_path / p).exists() for p in ("p1", "p2"))
 
 
+def test_an_export_that_disagrees_with_pytorch_is_not_written(cls_export, capsys, tmp_path, monkeypatch):
+    """A wrong graph written silently (as pytorch/pytorch#169178 reports of an exporter) is caught by the check: one
+    line naming the largest difference, and no folder left behind."""
+    from maetransfer.export import exporter
+
+    write_graph = exporter.write_graph
+
+    def wrong_graph(model, *args, **kwargs):
+        broken = __import__("copy").deepcopy(model)
+        with torch.no_grad():
+            broken.head.bias.add_(torch.arange(6.0))  # other logits, another top-1
+        return write_graph(broken, *args, **kwargs)
+
+    monkeypatch.setattr(exporter, "write_graph", wrong_graph)
+    _, data, tmp, _, _ = cls_export
+    out = tmp_path / "wrong"
+    code, err = _fails(capsys, export_tool, "--config", ROOT / "configs/cls/demo.yaml", "--checkpoint",
+                       tmp / "finetuned.pth", "--output", out, *CLS_TINY)
+    err = [line for line in err if not line.startswith("warning: ")]  # the file names no classes
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("error: the exported cls model disagrees with PyTorch: largest logit difference 5 ")
+    assert err[0].endswith(f"; nothing was written to {out}") and not out.exists()
+
+
+def test_convert_checkpoint_to_onnx_points_to_the_exporter(tmp_path, capsys):
+    code, err = _fails(capsys, load_tool("convert_checkpoint"), tmp_path / "any.pth", tmp_path / "out.onnx", "--to",
+                       "onnx")
+    assert code == 2 and err[-1].endswith("argument --to: onnx is a deployment format: a trained model is exported "
+                                          "(and checked against PyTorch) by tools/export.py --format onnx")
+
+
 def test_a_second_export_into_the_same_folder_from_the_command_line_is_one_line(cls_export):
     """In a separate process, as a user runs it: exit 2, one line on stderr, the earlier export byte-identical;
     --overwrite replaces it."""

@@ -16,12 +16,20 @@ from maetransfer.cli import OutputPathError, check_writable_file, check_writable
 WRITE_FORMATS = ("mae", "hf", "timm", "detectron2", "mmseg")  # = maetransfer.checkpoint.WRITE_FORMATS (test_layout)
 
 
+def output_format(value: str) -> str:
+    if value in ("onnx", "torchscript"):  # deployment formats hold a whole task model, not a checkpoint's weights
+        raise argparse.ArgumentTypeError(f"{value} is a deployment format: a trained model is exported (and checked "
+                                         f"against PyTorch) by tools/export.py --format {value}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="checkpoint file, Hugging Face save_pretrained folder, released name (python -m "
                                     "maetransfer.zoo) or hub id")
     parser.add_argument("dst", help="output file (a folder for --to hf)")
-    parser.add_argument("--to", required=True, choices=WRITE_FORMATS, help="output format")
+    parser.add_argument("--to", required=True, type=output_format, choices=WRITE_FORMATS,
+                        help="output format (ONNX and TorchScript: tools/export.py)")
     parser.add_argument("--unsafe-load", action="store_true",
                         help="allow arbitrary pickled objects in SRC (runs code from the file: trusted files only)")
     parser.add_argument("--model", help="expected ViT size (vit_base, vit_large, vit_huge, ...): checked against the "

@@ -30,6 +30,7 @@ class Task:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None  # set by `build` for tasks that evaluate
         self.results: Any = {}
 
     def prepare_data(self) -> None:
@@ -72,7 +73,8 @@ def run_task(task: Task, eval_only: bool = False, checkpoint: Optional[str] = No
     dist.barrier()
     model = task.build(eval_only)
     if eval_only:
-        evaluate_checkpoint(model, task.load_trained, checkpoint, cfg, device, task.evaluate, task.name)
+        evaluate_checkpoint(model, task.load_trained, checkpoint, cfg, device, task.evaluate, task.name,
+                            getattr(task.val_set, "num_classes", None))
         return task.results
     init = init_checkpoint or cfg.train.init_checkpoint
     if init:
@@ -87,16 +89,17 @@ def run_task(task: Task, eval_only: bool = False, checkpoint: Optional[str] = No
 
 def evaluate_checkpoint(model: nn.Module, load: Callable[[nn.Module, str, bool], None], checkpoint: Optional[str],
                         cfg: DictConfig, device: torch.device, evaluate_fn: Callable[[nn.Module], Dict],
-                        task: str = "") -> Dict:
+                        task: str = "", num_classes: Optional[int] = None) -> Dict:
     """--eval-only: `load(model, checkpoint, unsafe)`, write the resolved config, evaluate. A file written by
     tools/export.py replaces `model` instead (the exported model of `task`, run by ONNX Runtime or TorchScript), so
-    that the metric is the deployed file's."""
+    that the metric is the deployed file's; it must take the config's input and predict the data set's
+    `num_classes` classes."""
     if not checkpoint:
         raise ValueError("--eval-only needs --checkpoint")
     progress.begin_stage("evaluate", f"{checkpoint} on the validation set")
     if is_exported(checkpoint):
         model = open_exported(checkpoint, task, device)
-        check_config(model.meta, cfg, checkpoint)
+        check_config(model.meta, cfg, checkpoint, num_classes)
     else:
         load(model, checkpoint, bool(cfg.train.unsafe_load))
     model.to(device).eval()

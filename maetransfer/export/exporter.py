@@ -8,6 +8,7 @@ torchvision registers NMS and RoIAlign (aligned, opset >= 16). The dynamo export
 torchvision's detection ops (RoIAlign fails under it at opset 22, pytorch/vision#9251) and specialises size-1
 dimensions, so it is not used.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -141,8 +142,10 @@ def export(cfg: DictConfig, checkpoint: str, output, fmt: str = "onnx", opset: i
     reference = Predictor.from_config(cfg, checkpoint, device="cpu", class_names=class_names, unsafe=unsafe)
     samples = sample_images(task, cfg, images)
     meta = _metadata(task, reference, cfg, fmt, opset if fmt == "onnx" else None, checkpoint)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=output))
+    published = False
     try:
         path = staging / MODEL_FILES[fmt]
         try:
@@ -158,8 +161,12 @@ def export(cfg: DictConfig, checkpoint: str, output, fmt: str = "onnx", opset: i
                               f"was written to {output}")
         for file in sorted(staging.iterdir()):  # the model, and any external weight files next to it
             os.replace(file, output / file.name)
+        published = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not published:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # the folder this call made, empty again
     write_text(output / METADATA_FILE, json.dumps(meta, indent=1) + "\n")
     write_text(output / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     return meta

@@ -169,8 +169,6 @@ class ExportedSegmentor(ExportedModel):
                               "test resize, or eval.mode=whole, need the PyTorch model)")
         return self.graph(crops.float())[0].to(crops.device)
 
-    forward = encode_decode
-
 
 class ExportedDetector(ExportedModel):
     """`model(images, output_sizes=...)` -> per image boxes, scores, labels and masks, as the PyTorch detector in
@@ -214,8 +212,9 @@ def open_exported(path, task: str, device: torch.device = torch.device("cpu"), t
     return WRAPPERS[task](graph)
 
 
-def check_config(meta: Dict, cfg, path) -> None:
-    """ExportError unless the exported model takes the input the config's pipeline makes (its size, its classes)."""
+def check_config(meta: Dict, cfg, path, num_classes: Optional[int] = None) -> None:
+    """ExportError unless the exported model takes the input the config's pipeline makes (its size) and predicts
+    its classes (model.num_classes for segmentation; `num_classes`, the evaluated data set's, where given)."""
     task = meta["task"]
     key, expected = input_size_of(task, cfg)
     if list(meta["input_size"]) != expected:
@@ -224,6 +223,9 @@ def check_config(meta: Dict, cfg, path) -> None:
     if task == "seg" and int(meta["num_classes"]) != int(cfg.model.num_classes):
         raise ExportError(f"{path}: predicts {meta['num_classes']} classes, but the config's model.num_classes is "
                           f"{cfg.model.num_classes}")
+    if num_classes is not None and int(meta["num_classes"]) != int(num_classes):
+        raise ExportError(f"{path}: predicts {meta['num_classes']} classes, but the evaluated data set has "
+                          f"{num_classes}")
 
 
 INPUT_SIZE_KEYS = {"det": "model.img_size", "seg": "eval.crop_size", "cls": "data.input_size"}
