@@ -390,6 +390,18 @@ def test_an_export_that_disagrees_with_pytorch_is_not_written(cls_export, capsys
     assert err[0].endswith(f"; nothing was written to {out}") and not out.exists()
 
 
+def test_a_gpu_without_onnxruntimes_cuda_provider_runs_the_model_on_the_cpu(capsys, monkeypatch):
+    import onnxruntime
+
+    from maetransfer.export.runtime import _ort_providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert _ort_providers(torch.device("cuda")) == ["CPUExecutionProvider"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "warning: device cuda: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu); the exported "
+        "model runs on the CPU"]
+
+
 def test_convert_checkpoint_to_onnx_points_to_the_exporter(tmp_path, capsys):
     code, err = _fails(capsys, load_tool("convert_checkpoint"), tmp_path / "any.pth", tmp_path / "out.onnx", "--to",
                        "onnx")

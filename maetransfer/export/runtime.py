@@ -69,8 +69,11 @@ def _ort_providers(device: torch.device) -> List[str]:
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise ExportError(f"--device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
-                          "or run the exported model with --device cpu")
+        from ..data.images import print_warning
+
+        print_warning(f"device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu); the "
+                      "exported model runs on the CPU")
+        return ["CPUExecutionProvider"]
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
