@@ -1,5 +1,6 @@
 """The self-check of an export: the PyTorch predictor and the exported file's predictor (the same pre- and
-post-processing) on the same images, compared as a user would compare their results.
+post-processing: `logits`, `scores`, `detect` of maetransfer.predict) on the same images, compared as a user would
+compare their results.
 
 Tolerances (fp32 on both sides; the differences are float rounding of other kernels):
   classification  logits within 1e-3 x max(1, largest |logit|), and the same top-1 class for every image;
@@ -11,10 +12,7 @@ Each check returns its figures, `passed`, and a one-line `summary` naming the la
 from typing import Callable, Dict, List
 
 import torch
-from PIL import Image
 from torchvision.ops import box_iou
-
-from ..seg.inference import predict as segment
 
 LOGIT_RTOL = 1e-3
 PIXEL_AGREEMENT = 0.999
@@ -23,9 +21,7 @@ SCORE_ATOL = 1e-3
 
 
 def check_classifier(reference, exported, images: List[torch.Tensor]) -> Dict:
-    batch = torch.stack([reference.transform(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in images])
-    with torch.no_grad():
-        ref, out = reference.model(batch).float(), exported.model(batch).float()
+    ref, out = reference.logits(images), exported.logits(images)
     diff = float((ref - out).abs().max())
     largest = float(ref.abs().max())
     same_top1 = int((ref.argmax(1) == out.argmax(1)).sum())
@@ -38,13 +34,10 @@ def check_classifier(reference, exported, images: List[torch.Tensor]) -> Dict:
 
 
 def check_segmentor(reference, exported, images: List[torch.Tensor]) -> Dict:
-    d = reference.cfg.data
     equal = total = 0
     diff = 0.0
     for image in images:
-        with torch.no_grad():
-            ref = segment(reference.model, image, reference.cfg.eval, tuple(d.scale), tuple(d.mean), tuple(d.std))
-            out = segment(exported.model, image, reference.cfg.eval, tuple(d.scale), tuple(d.mean), tuple(d.std))
+        ref, out = reference.scores(image), exported.scores(image)
         diff = max(diff, float((ref - out).abs().max()))
         equal += int((ref.argmax(0) == out.argmax(0)).sum())
         total += ref.shape[-2] * ref.shape[-1]
@@ -72,28 +65,24 @@ def match_detections(reference: Dict[str, torch.Tensor], exported: Dict[str, tor
             j = int(candidates.argmax())
             taken[j] = True
             pairs.append((i, j))
-    box_diff = score_diff = 0.0
-    mask_iou = 1.0
-    for i, j in pairs:
-        box_diff = max(box_diff, float((reference["boxes"][i] - exported["boxes"][j]).abs().max()))
-        score_diff = max(score_diff, float((reference["scores"][i] - exported["scores"][j]).abs()))
+    found = {"matched": len(pairs), "max_box_diff": 0.0, "max_score_diff": 0.0, "min_mask_iou": 1.0}
+    if pairs:
+        i, j = torch.tensor(pairs).T
+        found["max_box_diff"] = float((reference["boxes"][i] - exported["boxes"][j]).abs().max())
+        found["max_score_diff"] = float((reference["scores"][i] - exported["scores"][j]).abs().max())
         if "masks" in reference:
-            a, b = reference["masks"][i], exported["masks"][j]
-            union = int((a | b).sum())
-            mask_iou = min(mask_iou, int((a & b).sum()) / union if union else 1.0)
-    return {"matched": len(pairs), "max_box_diff": box_diff, "max_score_diff": score_diff, "min_mask_iou": mask_iou}
+            a, b = reference["masks"][i].flatten(1), exported["masks"][j].flatten(1)
+            union = (a | b).sum(1)
+            ious = ((a & b).sum(1) / union.clamp(min=1)).masked_fill(union == 0, 1.0)  # two empty masks agree
+            found["min_mask_iou"] = float(ious.min())
+    return found
 
 
 def check_detector(reference, exported, images: List[torch.Tensor]) -> Dict:
     counts = {"reference": 0, "exported": 0, "matched": 0}
     box_diff = score_diff = 0.0
     mask_iou = 1.0
-    for image in images:
-        resized = reference.resize(image, {})[0]
-        size = [tuple(image.shape[1:])]
-        with torch.no_grad():
-            ref = reference.model([resized], output_sizes=size)[0]
-            out = exported.model([resized], output_sizes=size)[0]
+    for ref, out in zip(reference.detect(images), exported.detect(images)):
         found = match_detections(ref, out)
         counts["reference"] += len(ref["boxes"])
         counts["exported"] += len(out["boxes"])

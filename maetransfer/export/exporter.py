@@ -33,9 +33,9 @@ DEFAULT_OPSET = 17
 # The lowest opset each graph exports correctly at: the detector's RoIAlign(aligned=True) exists from 16 (torchvision
 # exports the unaligned op below, with a warning only); scaled_dot_product_attention from 14.
 MIN_OPSET = {"det": 16, "seg": 14, "cls": 14}
+_SDPA = "scaled_dot_product_attention exports from opset 14"
 MIN_OPSET_REASON = {"det": "RoIAlign(aligned=True), the detector's pooler, exports correctly only from opset 16",
-                    "seg": "scaled_dot_product_attention exports from opset 14",
-                    "cls": "scaled_dot_product_attention exports from opset 14"}
+                    "seg": _SDPA, "cls": _SDPA}
 METADATA_FILE = "export.json"
 CONFIG_FILE = "config.yaml"
 
@@ -134,11 +134,7 @@ def export(cfg: DictConfig, checkpoint: str, output, fmt: str = "onnx", opset: i
         raise ExportError(f"--opset {opset}: {MIN_OPSET_REASON[task]}; use --opset {DEFAULT_OPSET}")
     output = Path(output)
     check_output(output, overwrite)
-    key, size = input_size_of(task, cfg)
-    patch = int(cfg.model.patch_size or 0) or _patch_size(cfg)
-    if any(s % patch for s in size):
-        raise ExportError(f"{key}={'x'.join(map(str, size))}: the exported graph takes one input size, and it must be "
-                          f"a multiple of the patch size {patch}")
+    size = input_size_of(task, cfg)[1]  # a multiple of the patch where the model needs one: config.check_rules
     reference = Predictor.from_config(cfg, checkpoint, device="cpu", class_names=class_names, unsafe=unsafe)
     samples = sample_images(task, cfg, images)
     meta = _metadata(task, reference, cfg, fmt, opset if fmt == "onnx" else None, checkpoint)
@@ -171,8 +167,3 @@ def export(cfg: DictConfig, checkpoint: str, output, fmt: str = "onnx", opset: i
     write_text(output / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     return meta
 
-
-def _patch_size(cfg: DictConfig) -> int:
-    from ..sizes import vit_size
-
-    return int(vit_size(cfg.model.arch)["patch_size"])

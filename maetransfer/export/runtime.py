@@ -34,7 +34,7 @@ def _torchscript_meta(path: Path) -> Optional[str]:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith(f"/extra/{META_KEY}.json")]
             return archive.read(names[0]).decode() if names else None
-    except (zipfile.BadZipFile, OSError, KeyError, UnicodeDecodeError):
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError):
         return None
 
 

@@ -56,11 +56,14 @@ class ClassificationPredictor(Predictor):
         return [info.index_to_description(i) for i in range(IMAGENET_CLASSES)]
 
     @torch.no_grad()
-    def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    def logits(self, images: List[torch.Tensor]) -> torch.Tensor:
+        """(N, K) logits of uint8 (3, H, W) images, through the evaluation's transform."""
         batch = torch.stack([self.transform(Image.fromarray(image.permute(1, 2, 0).numpy())) for image in images])
         with self.autocast():
-            logits = self.model(batch.to(self.device))
-        scores, labels = logits.float().softmax(dim=1).topk(self.topk, dim=1)
+            return self.model(batch.to(self.device)).float()
+
+    def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        scores, labels = self.logits(images).softmax(dim=1).topk(self.topk, dim=1)
         return [{"labels": label.cpu(), "scores": score.cpu()} for label, score in zip(labels, scores)]
 
     def draw(self, image: ImageLike, prediction: Dict[str, torch.Tensor]):

@@ -59,12 +59,16 @@ class DetectionPredictor(Predictor):
         return [name for _, name in COCO_CATEGORIES] if num_classes == len(COCO_CATEGORIES) else None
 
     @torch.no_grad()
-    def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    def detect(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        """Every detection the model keeps (its model.box_score_thresh, as COCO evaluation sees them) for uint8
+        (3, H, W) images, at each image's size."""
         inputs = [self.resize(image, {})[0].to(self.device) for image in images]
         with self.autocast():
-            outputs = self.model(inputs, output_sizes=[tuple(image.shape[1:]) for image in images])
+            return self.model(inputs, output_sizes=[tuple(image.shape[1:]) for image in images])
+
+    def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
         kept = []
-        for out in outputs:
+        for out in self.detect(images):
             keep = out["scores"] >= self.score_thresh
             kept.append({k: v[keep].cpu() for k, v in out.items()})
         return kept

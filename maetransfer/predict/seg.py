@@ -44,15 +44,16 @@ class SegmentationPredictor(Predictor):
         return class_names(cfg)  # data.class_names, ADE20K's when unset
 
     @torch.no_grad()
-    def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+    def scores(self, image: torch.Tensor) -> torch.Tensor:
+        """(K, H, W) class scores of a uint8 (3, H, W) image at its size, through the evaluation's inference."""
         d = self.cfg.data
-        outputs = []
-        for image in images:  # one at a time at its own size, as evaluation runs
-            with self.autocast():
-                scores = predict(self.model, image.to(self.device), self.cfg.eval, tuple(d.scale), tuple(d.mean),
-                                 tuple(d.std))
-            outputs.append({"label_map": scores.argmax(0).cpu()})
-        return outputs
+        with self.autocast():
+            return predict(self.model, image.to(self.device), self.cfg.eval, tuple(d.scale), tuple(d.mean),
+                           tuple(d.std))
+
+    def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        # one at a time at its own size, as evaluation runs
+        return [{"label_map": self.scores(image).argmax(0).cpu()} for image in images]
 
     def draw(self, image: ImageLike, prediction: Dict[str, torch.Tensor]):
         return draw_segmentation(to_image(image), prediction["label_map"], self.class_names, self.colours,
