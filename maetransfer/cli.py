@@ -4,24 +4,23 @@ writable folder, and one that holds another run's checkpoint is not trained into
 import argparse
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
 from omegaconf import DictConfig
 
 from .config import ConfigError, load_config
 from .errors import InputError
+from .tasks import TOOLS, TaskSpec, declared_task
 
 # torch and everything built on it are imported by the functions that run after the command line is parsed, so that
 # `--help` and a bad option answer at once.
 
-# Each training tool (tools/<name>.py): its default recipe, the CPU demo, and the folder under which its runs go when
-# the config names no output folder (<root>/<config name>). Launchers read it to know where a command will write.
-TOOL_DEFAULTS: Dict[str, Tuple[str, str]] = {"pretrain": ("configs/pretrain/demo.yaml", "output/pretrain"),
-                                             "train_det": ("configs/det/demo.yaml", "output/det"),
-                                             "train_seg": ("configs/seg/demo.yaml", "output/seg"),
-                                             "train_cls": ("configs/cls/demo.yaml", "output/cls")}
+# Each training tool (tools/<name>.py, from the task table): its default recipe, the CPU demo, and the folder under
+# which its runs go when the config names no output folder (<root>/<config name>). Launchers read it to know where a
+# command will write.
+TOOL_DEFAULTS: Dict[str, Tuple[str, str]] = {tool: (spec.demo_config, spec.output_root) for tool, spec in TOOLS.items()}
 
 # Bad input the user can fix: reported as one line naming the file, without a traceback.
 # Every such error derives from InputError; FileNotFoundError comes from the standard library.
@@ -59,6 +58,8 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     extra += ["train.unsafe_load=true"] if args.unsafe_load else []
     try:
         cfg = load_config(args.config, [*args.overrides, *extra])
+        if tool is not None:
+            _check_task(cfg, args.config, TOOLS[tool])
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     if tool is not None:
@@ -66,10 +67,18 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     return args, cfg
 
 
+def _check_task(cfg: DictConfig, source: str, spec: TaskSpec) -> None:
+    """A tool trains its own task's recipes only."""
+    declared = declared_task(cfg, source)
+    if declared is not spec:
+        raise ConfigError(f"{source}: a recipe for task '{declared.name}' ({declared.title}), which "
+                          f"tools/{declared.tool}.py runs, not tools/{spec.tool}.py")
+
+
 def command_output_dir(tool: str, argv: Sequence[str]) -> Path:
     """The output folder that `tools/<tool>.py argv` writes to, resolved and checked as the tool does before it writes
     anything (a bad config or override, or a folder holding another run, ends the program with the tool's line)."""
-    parser = tool_parser(f"tools/{tool}.py", TOOL_DEFAULTS[tool][0], "" if tool == "pretrain" else "checkpoint",
+    parser = tool_parser(f"tools/{tool}.py", TOOL_DEFAULTS[tool][0], "checkpoint" if TOOLS[tool].transfers else "",
                          TOOL_DEFAULTS[tool][1])
     parser.prog = f"tools/{tool}.py"
     args, cfg = parse_config(parser, argv, tool)
@@ -197,47 +206,37 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
         parser.exit(stopped.exit_code)
 
 
-@dataclass
-class ToolTask:
-    """What a training tool runs, imported once its command line is parsed: the task's run(cfg, eval_only=...,
-    checkpoint=..., init_checkpoint=...), its extra input errors (one line, exit 1), the resolver of
-    train.init_checkpoint (default: the zoo's; the tools add the demo encoder) and whether a spec pretrains first."""
-    run: Callable
-    errors: Tuple[Type[BaseException], ...] = ()
-    resolve_init: Optional[Callable[[str, bool], object]] = None
-    pretrains_first: Callable[[str], bool] = lambda spec: False
-
-
-def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, load_task: Callable[[], ToolTask],
+def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, demo_encoder: Callable[[], ModuleType],
                       argv: Optional[Sequence[str]] = None):
-    """The main() of train_det / train_seg / train_cls (`tool`): parse, default the output dir to <the tool's
-    root>/<config name>, check it, import the task (`load_task`), turn the checkpoint specs into files (`--checkpoint`
-    with the zoo, train.init_checkpoint with the task's resolver), then run it with its stages announced in order;
-    returns (resolved config, what run returned)."""
-    demo_config = TOOL_DEFAULTS[tool][0]
-    parser = tool_parser(doc, demo_config, checkpoint_help, TOOL_DEFAULTS[tool][1])
+    """The main() of the transfer tools (train_det / train_seg / train_cls: `tool`): parse, default the output dir to
+    <the tool's root>/<config name>, check it, import the task (the task table's `task_class`), turn the checkpoint
+    specs into files (`--checkpoint` with the zoo; train.init_checkpoint with `demo_encoder()`'s
+    `resolve_init_checkpoint`, where 'demo' is the demo-pretrained encoder, pretrained first when missing: the tools
+    pass `pretrain.demo`, which this package does not import), then run it with its stages announced in order; returns
+    (resolved config, what the run returned: its results on the main process, {} on the others)."""
+    spec = TOOLS[tool]
+    parser = tool_parser(doc, spec.demo_config, checkpoint_help, spec.output_root)
     args, cfg = parse_config(parser, argv, tool)
-    prepare_output(parser, lambda: (check_demo_data(cfg, demo_config),
-                                    check_output_dir(cfg, args.eval_only, demo_config)))
+    prepare_output(parser, lambda: (check_demo_data(cfg, spec.demo_config),
+                                    check_output_dir(cfg, args.eval_only, spec.demo_config)))
     from . import zoo
-    from .engine import dist, progress
+    from .engine import dist, progress, run_task
 
-    task = load_task()
-    resolve_init = task.resolve_init or zoo.resolve
+    task_class, demo = spec.load("task_class"), demo_encoder()
     stages = ["evaluate"] if args.eval_only else ["train", "evaluate"]
-    if not args.eval_only and task.pretrains_first(cfg.train.init_checkpoint):
+    if not args.eval_only and demo.pretrains_demo_encoder(cfg.train.init_checkpoint):
         stages.insert(0, "pretrain")
     unsafe = bool(cfg.train.unsafe_load)
 
     def resolve_and_run():  # the files the specs name; the config keeps the specs
-        spec = cfg.train.init_checkpoint
-        init = str(resolve_init(spec, unsafe)) if spec and not args.eval_only else None
+        init_spec = cfg.train.init_checkpoint
+        init = demo.resolve_init_checkpoint(init_spec, unsafe) if init_spec and not args.eval_only else None
         checkpoint = str(zoo.resolve(args.checkpoint, unsafe)) if args.checkpoint else None
-        return task.run(cfg, eval_only=args.eval_only, checkpoint=checkpoint, init_checkpoint=init)
+        return run_task(task_class(cfg), eval_only=args.eval_only, checkpoint=checkpoint, init_checkpoint=init)
 
     start = time.time()
     with progress.planned_stages(stages):
-        result = run_tool(parser, resolve_and_run, task.errors)
+        result = run_tool(parser, resolve_and_run, task_class.input_errors)
     if dist.is_main_process():
         print(f"finished in {progress.format_duration(time.time() - start)}; outputs in {cfg.train.output_dir}")
     return cfg, result

@@ -45,6 +45,7 @@ DECLARED_TYPES: Dict[str, ValueType] = {
     "train.clip_grad": (float, None),             # null: no clipping
     "train.steps": (("list", NUMBER),),           # iterations, or fractions < 1 of the run
     "train.compile": (bool, str),                 # true, or a torch.compile mode such as max-autotune
+    "train.hooks": (("list", ()),),               # dotted import paths, or mappings with 'type' and arguments
     "model.embed_dim": (int, None),               # null: the ViT size's own value
     "model.depth": (int, None),
     "model.num_heads": (int, None),

@@ -7,38 +7,19 @@ import shutil
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from PIL import Image
 
 from maetransfer.cli import TOOL_DEFAULTS
 from maetransfer.config import load_config
-from maetransfer.data.demo import render_scenes
+from maetransfer.data.demo import write_demo_images
 from maetransfer.engine import dist
 from maetransfer.files import atomic_write
 from maetransfer.zoo import resolve
 
 from .main import run
 
-DEMO_CONFIG = TOOL_DEFAULTS["pretrain"][0]
+DEMO_CONFIG = TOOL_DEFAULTS["pretrain_mae"][0]
 DEMO_INIT = "demo"  # train.init_checkpoint value meaning "the demo-pretrained encoder" (pretrained on first use)
 DEMO_ENCODER_FILE = "demo_encoder.pth"
-
-
-def demo_data_root() -> Path:
-    """The folder of the demo's generated scenes: the only one that demo pretraining writes images into."""
-    return Path(load_config(DEMO_CONFIG).data.root)
-
-
-def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) -> Path:
-    """A flat folder of generated JPEG scenes (written once; reused when complete)."""
-    folder = Path(folder)
-    if folder.is_dir() and len(list(folder.glob("*.jpg"))) >= count:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (image, _) in enumerate(render_scenes(count, size=size, seed=seed)):
-        # renamed when whole: a killed run leaves no half image (and no file of an image extension)
-        atomic_write(folder / f"scene_{i:05d}.jpg",
-                     lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=95))
-    return folder
 
 
 def demo_encoder_path(root="output/demo") -> Path:

@@ -7,9 +7,13 @@ from omegaconf import DictConfig
 from torchvision import transforms
 
 from maetransfer.checkpoint import load_into, read_checkpoint
+from maetransfer.config import load_config
+from maetransfer.data.demo import write_demo_images
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
-from maetransfer.engine import Hook, Task, Trainer, atomic_save, dist, run_task
+from maetransfer.engine import Hook, Task, Trainer, dist, run_task
+from maetransfer.files import save_torch
 from maetransfer.optim import param_groups
+from maetransfer.tasks import TASKS
 
 from .models_mae import MaskedAutoencoderViT, build_mae
 from .visualize import preview_indices, save_reconstructions
@@ -66,7 +70,7 @@ class ExportEncoder(Hook):
         if not dist.is_main_process():
             return
         model: MaskedAutoencoderViT = trainer.model_without_ddp
-        atomic_save({"model": model.encoder_state_dict()}, trainer.output_dir / ENCODER_FILE)
+        save_torch({"model": model.encoder_state_dict()}, trainer.output_dir / ENCODER_FILE)
         if self.preview_images:
             name = f"iter{trainer.iter:07d}" if trainer.by_iters else f"epoch{trainer.epoch:04d}"
             save_reconstructions(model, torch.stack(self.preview_images).to(next(model.parameters()).device),
@@ -78,6 +82,13 @@ class PretrainingTask(Task):
     layout). No evaluation: each checkpoint exports the encoder and a figure of reconstructions."""
 
     name = stage = "pretrain"
+
+    def prepare_data(self) -> None:
+        # The demo's generated scenes (first run only), and only into the demo's own folder: a data.root of the
+        # user's that is missing is an error of the run, not a place to write 2000 scenes into.
+        demo_root = load_config(TASKS["pretrain"].demo_config).data.root
+        if Path(self.cfg.data.root).resolve() == Path(demo_root).resolve():
+            write_demo_images(self.cfg.data.root, size=self.cfg.model.img_size)
 
     def build(self, eval_only: bool) -> MaskedAutoencoderViT:
         cfg = self.cfg
@@ -102,9 +113,11 @@ class PretrainingTask(Task):
 
         return loss_fn
 
+    def hooks(self) -> List[Hook]:
+        return [ExportEncoder(self.preview_images, float(self.cfg.model.mask_ratio))]
+
     def trainer_options(self) -> Dict:
-        return {"data_name": str(self.cfg.data.root),
-                "extra_hooks": [ExportEncoder(self.preview_images, float(self.cfg.model.mask_ratio))]}
+        return {"data_name": str(self.cfg.data.root)}
 
 
 def run(cfg: DictConfig, init_checkpoint: Optional[str] = None) -> Path:

@@ -13,7 +13,7 @@ from timm.models.vision_transformer import Block as TimmBlock
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from maetransfer.checkpoint import (CheckpointError, LoadedCheckpoint, load_encoder_state, load_into, parse_state,
-                                    read_checkpoint, save_checkpoint)
+                                    read_checkpoint, convert_checkpoint)
 from maetransfer.models import build_vit
 from tool_modules import load_tool
 
@@ -99,7 +99,7 @@ def test_hf_export_matches_transformers_vitmae(official, tmp_path):
     transformers = pytest.importorskip("transformers")
     path, enc, dec = official
     out = tmp_path / "hf"
-    save_checkpoint(read_checkpoint(path), out, "hf", num_heads=HEADS, decoder_num_heads=DEC_HEADS)
+    convert_checkpoint(read_checkpoint(path), out, "hf", num_heads=HEADS, decoder_num_heads=DEC_HEADS)
     model = transformers.ViTMAEModel.from_pretrained(out, mask_ratio=0.0).eval()
     assert model.config.layer_norm_eps == 1e-6 and model.config.num_attention_heads == HEADS
     x = torch.randn(2, 3, IMG, IMG)
@@ -128,7 +128,7 @@ def test_our_mae_training_checkpoint_equals_hf_vitmae_pretraining(tmp_path):
     torch.save({"model": mae.state_dict(), "optimizer": {}, "epoch": 1, "config": config}, tmp_path / "ckpt.pth")
     ck = read_checkpoint(tmp_path / "ckpt.pth")
     assert ck.format == "maetransfer" and ck.other == {}
-    save_checkpoint(ck, tmp_path / "hf", "hf")
+    convert_checkpoint(ck, tmp_path / "hf", "hf")
     hf = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "hf").eval()
     x, noise = torch.randn(2, 3, IMG, IMG), torch.rand(2, (IMG // PATCH) ** 2)
     with torch.no_grad():
@@ -150,7 +150,7 @@ def test_hf_to_ours_to_hf_is_bit_exact(tmp_path):
     src.save_pretrained(tmp_path / "src")
     ck = read_checkpoint(tmp_path / "src")
     assert ck.format == "hf" and ck.meta["num_heads"] == HEADS and ck.meta["decoder_num_heads"] == 3
-    save_checkpoint(ck, tmp_path / "dst", "hf")
+    convert_checkpoint(ck, tmp_path / "dst", "hf")
     from safetensors.torch import load_file
     _assert_same(load_file(tmp_path / "dst" / "model.safetensors"), load_file(tmp_path / "src" / "model.safetensors"))
 
@@ -196,7 +196,7 @@ def test_round_trip_is_bit_exact(official, tmp_path, fmt):
     src = read_checkpoint(path)
     src.head = {"fc_norm.weight": torch.randn(D), "fc_norm.bias": torch.randn(D), "head.weight": torch.randn(5, D),
                 "head.bias": torch.randn(5)}
-    out = save_checkpoint(src, tmp_path / f"out_{fmt}", fmt, num_heads=HEADS, decoder_num_heads=DEC_HEADS)
+    out = convert_checkpoint(src, tmp_path / f"out_{fmt}", fmt, num_heads=HEADS, decoder_num_heads=DEC_HEADS)
     back = read_checkpoint(out)
     assert back.format == fmt
     encoder = dict(src.encoder)
@@ -209,7 +209,7 @@ def test_round_trip_is_bit_exact(official, tmp_path, fmt):
 
 def test_timm_export_loads_strictly_into_timm(official, tmp_path):
     path, enc, _ = official
-    out = save_checkpoint(read_checkpoint(path), tmp_path / "timm.pth", "timm")
+    out = convert_checkpoint(read_checkpoint(path), tmp_path / "timm.pth", "timm")
     fresh = TimmViT(img_size=IMG, patch_size=PATCH, embed_dim=D, depth=DEPTH, num_heads=HEADS, num_classes=0)
     fresh.load_state_dict(torch.load(out, weights_only=True), strict=True)
 
@@ -234,7 +234,7 @@ def test_detectron2_layout_with_pyramid_and_rel_pos(tmp_path):
     assert ck.encoder["pos_embed"].shape == (1, 17, D)
     _assert_same(ck.neck, fpn.state_dict())
     assert list(ck.other) == ["roi_heads.box_predictor.cls_score.weight"]
-    out = torch.load(save_checkpoint(ck, tmp_path / "re.pth", "detectron2"), weights_only=True)["model"]
+    out = torch.load(convert_checkpoint(ck, tmp_path / "re.pth", "detectron2"), weights_only=True)["model"]
     expected = {k: v for k, v in d2["model"].items() if not k.startswith("roi_heads")}
     _assert_same(out, expected)
     target = _ours(class_token=False, window_size=2, global_blocks=(1,), rel_pos="decomposed")
@@ -257,7 +257,7 @@ def test_mmseg_layout_matches_beit2mmseg(tmp_path):
     torch.save({"model": vit.state_dict(), "config": {"model": {"num_heads": HEADS}}}, tmp_path / "ours.pth")
     ck = read_checkpoint(tmp_path / "ours.pth")
     assert ck.format == "maetransfer" and ck.meta["num_heads"] == HEADS
-    out = torch.load(save_checkpoint(ck, tmp_path / "mmseg.pth", "mmseg"), weights_only=True)["state_dict"]
+    out = torch.load(convert_checkpoint(ck, tmp_path / "mmseg.pth", "mmseg"), weights_only=True)["state_dict"]
     per_layer = ["ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
                  "attn.relative_position_bias_table", "ln2.weight", "ln2.bias", "ffn.layers.0.0.weight",
                  "ffn.layers.0.0.bias", "ffn.layers.1.weight", "ffn.layers.1.bias", "gamma_1", "gamma_2"]

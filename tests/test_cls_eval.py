@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from maetransfer.cls.evaluate import AccuracyCounter, evaluate_classifier, write_results
+from maetransfer.cls.evaluate import AccuracyCounter, ClassificationEvaluator, write_results
+from maetransfer.engine import inference_on_dataset
 
 # Six classes. Rank of the true label: s0 1st, s1 2nd, s2 1st, s3 6th (the lowest score), s4 5th.
 LOGITS = torch.tensor([[5., 0, 0, 0, 0, 0],
@@ -75,23 +76,35 @@ def _dataset():
     return table, TensorDataset(torch.arange(7), labels)
 
 
-def _worker(rank, store, out):
+def _evaluate(table, ds, batch_size, out, max_images=0):
+    evaluator = ClassificationEvaluator(ds, [f"c{i}" for i in range(6)], batch_size, out, "lookup")
+    return inference_on_dataset(_Lookup(table), evaluator, max_images=max_images), evaluator
+
+
+def _worker(rank, store, out, max_images):
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     table, ds = _dataset()
-    counter = evaluate_classifier(_Lookup(table), ds, 6, batch_size=2, device=torch.device("cpu"))
-    torch.save(counter.summary() | {"per_class_total": counter.per_class_total.tolist(),
-                                    "confusion": counter.confusion.tolist()}, f"{out}.{rank}")
+    summary, evaluator = _evaluate(table, ds, 2, out, max_images)
+    counter = evaluator.counter
+    torch.save({"summary": summary, "per_class_total": counter.per_class_total.tolist(),
+                "confusion": counter.confusion.tolist()}, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_distributed_evaluation_counts_every_image_once(tmp_path):
+@pytest.mark.parametrize("max_images", [0, 5])
+def test_distributed_evaluation_counts_every_image_once_on_the_main_process(tmp_path, max_images):
+    """7 images on 2 processes (batch 2) as on one (batch 3); eval.max_images=5 means the first 5 images on any number
+    of processes. The results are the main process's; the other returns {}."""
     table, ds = _dataset()
-    single = evaluate_classifier(_Lookup(table), ds, 6, batch_size=3, device=torch.device("cpu"))
-    mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
-    for rank in range(2):
-        gathered = torch.load(tmp_path / f"out.{rank}", weights_only=True)
-        assert gathered["num_images"] == 7
-        assert gathered["per_class_total"] == single.per_class_total.tolist()
-        assert gathered["confusion"] == single.confusion.tolist()
-        for key in ("top1", "top5", "mean_class_acc", "loss"):
-            assert gathered[key] == pytest.approx(single.summary()[key])
+    single, evaluator = _evaluate(table, ds, 3, tmp_path / "one", max_images)
+    expected = max_images or 7
+    assert single["num_images"] == expected
+    assert evaluator.counter.per_class_total.tolist() == np.bincount(ds.tensors[1][:expected], minlength=6).tolist()
+    mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path), max_images), nprocs=2)
+    main, other = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2))
+    assert other["summary"] == {}
+    assert main["per_class_total"] == evaluator.counter.per_class_total.tolist()
+    assert main["confusion"] == evaluator.counter.confusion.tolist()
+    for key in ("top1", "top5", "mean_class_acc", "loss", "num_images"):
+        assert main["summary"][key] == pytest.approx(single[key])
+    assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == expected

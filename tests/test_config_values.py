@@ -53,9 +53,9 @@ BAD_VALUES = [
     ("train_det", "model.head_norm=IN", "model.head_norm=IN is not one of LN, BN, SyncBN, GN, ''"),
     ("train_seg", "model.norm=GN", "model.norm=GN is not one of BN, SyncBN"),
     ("train_seg", "eval.mode=sliding", "eval.mode=sliding is not one of slide, whole"),
-    ("pretrain", "model.mask_sampler=rand", "model.mask_sampler=rand is not one of random, block, grid"),
-    ("pretrain", "model.mask_ratio=1.5", "model.mask_ratio=1.5 must be in (0, 1)"),
-    ("pretrain", "train.batch_size=0", "train.batch_size=0 must be at least 1"),
+    ("pretrain_mae", "model.mask_sampler=rand", "model.mask_sampler=rand is not one of random, block, grid"),
+    ("pretrain_mae", "model.mask_ratio=1.5", "model.mask_ratio=1.5 must be in (0, 1)"),
+    ("pretrain_mae", "train.batch_size=0", "train.batch_size=0 must be at least 1"),
     ("train_det", "train.layer_decay=0", "train.layer_decay=0 must be in (0, 1]"),
     ("train_cls", "train.ema_decay=1", "train.ema_decay=1 must be in [0, 1)"),
     ("train_seg", "train.num_workers=-1", "train.num_workers=-1 must be at least 0"),
@@ -89,7 +89,7 @@ BROKEN_RULES = [
      "aug.cutmix=0"),
     ("train_cls", ["data.input_size=60"],
      "data.input_size=60 is not a multiple of the patch size 8 (model.arch=vit_demo, model.patch_size)"),
-    ("pretrain", ["model.patch_size=6"],
+    ("pretrain_mae", ["model.patch_size=6"],
      "model.img_size=64 is not a multiple of the patch size 6 (model.arch=vit_demo, model.patch_size)"),
 ]
 

@@ -12,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from maetransfer.data.coco import CocoDetection
 from maetransfer.det.evaluator import STAT_NAMES, COCOEvaluator, instances_to_results
+from maetransfer.engine import evaluated_indices
 
 from test_det_data import make_tiny_coco
 
@@ -99,11 +100,10 @@ def test_imperfect_predictions_match_cocoeval_run_directly(tmp_path):
 def test_max_images_evaluates_the_first_images_against_their_ground_truth_only(tmp_path):
     ann_file = make_tiny_coco(tmp_path)
     ds = CocoDetection(tmp_path / "imgs", ann_file)
-    evaluator = COCOEvaluator(ds, tmp_path / "out", max_images=1)
-    assert evaluator.image_indices() == [0]
+    assert evaluated_indices(len(ds), max_images=1) == [0]
     outputs = _gt_outputs(ds)
     results = instances_to_results(outputs[ds.ids[0]], ds.ids[0], ds.category_ids)  # image 20's instance is unseen
-    metrics = evaluator.evaluate_results(results, verbose=False)
+    metrics = COCOEvaluator(ds, tmp_path / "out").evaluate_results(results, [ds.ids[0]], verbose=False)
     assert metrics["bbox"]["AP"] == pytest.approx(100.0) and metrics["segm"]["AR100"] == pytest.approx(100.0)
     whole = COCOEvaluator(ds, tmp_path / "whole").evaluate_results(results, verbose=False)
     assert whole["bbox"]["AR100"] < 100.0

@@ -69,7 +69,7 @@ def test_each_command_in_the_docs_names_a_script_options_and_keys_that_exist(whe
     tool = path.stem
     if script.startswith("tools/") and tool in TOOL_DEFAULTS:
         demo_config, _ = TOOL_DEFAULTS[tool]
-        parser = tool_parser("", demo_config, None if tool == "pretrain" else "checkpoint")
+        parser = tool_parser("", demo_config, None if tool == "pretrain_mae" else "checkpoint")
         parser.exit = parser.error = lambda *a, **k: pytest.fail(f"{where}: {script} {' '.join(args)}: {a}")
         parsed = parser.parse_intermixed_args(args)
         try:

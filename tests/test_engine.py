@@ -63,7 +63,7 @@ def test_pretrain_weight_decay_groups():
 
 
 def _pretrain(args):
-    from tools.pretrain import main
+    from tools.pretrain_mae import main
     main(args)
 
 
@@ -210,7 +210,7 @@ def test_logged_losses_are_the_mean_over_processes(tmp_path):
 def test_ddp_pretraining_runs_with_two_processes(image_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=29732", "tools/pretrain.py", f"data.root={image_dir}", *TINY,
+                          "--master_port=29732", "tools/pretrain_mae.py", f"data.root={image_dir}", *TINY,
                           "train.epochs=1", "--output-dir", str(tmp_path / "ddp")],
                          cwd=ROOT, env=env, check=True, timeout=240, capture_output=True, text=True)
     ckpt = torch.load(tmp_path / "ddp/checkpoint.pth", weights_only=True)

@@ -17,6 +17,7 @@ import pretrain.main as pretrain_main
 from maetransfer.cli import check_output_dir, run_tool, tool_parser
 from maetransfer.config import ConfigError, load_config
 from maetransfer.data.cls import write_demo_data
+from maetransfer.data.demo import write_demo_images
 from maetransfer.data.images import ImageReadError
 from tool_modules import load_tool
 
@@ -30,7 +31,7 @@ def _tool(name):
 
 
 train_cls, train_det, train_seg = _tool("train_cls"), _tool("train_det"), _tool("train_seg")
-pretrain_tool, visualize_mae = _tool("pretrain"), _tool("visualize_mae")
+pretrain_tool, visualize_mae = _tool("pretrain_mae"), _tool("visualize_mae")
 convert_checkpoint = _tool("convert_checkpoint")
 
 CLS_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
@@ -121,12 +122,16 @@ def test_a_derived_yaml_file_is_typed_by_its_base(tmp_path):
     ("_base_: {base}\nmodel:\n  archh: vit_base\n", [], "{config}: unknown config key 'model.archh'"),
     ("_base_: {base}\ntrain:\n  epochs: ten\n", [], '{config}: train.epochs="ten" is not an integer'),
     ("_base_: {base}\n", ["lr"], "command line: override 'lr' is not of the form key=value"),
+    ("_base_: {seg}\n", [], "{config}: a recipe for task 'seg' (Semantic segmentation (UperNet)), which "
+                            "tools/train_seg.py runs, not tools/train_cls.py"),
+    ("_base_: {base}\n", ["task=det"], "{config}: a recipe for task 'det'"),
+    ("_base_: {base}\n", ["task=depth"], "{config}: task 'depth' is not one of pretrain, det, seg, cls"),
 ])
 def test_a_bad_config_file_or_override_stops_the_tool_with_one_line(finished_run, text, argv, line, tmp_path, capsys):
     """As a user runs it: exit 2, one line naming the file (or the command line), the run folder left as it was."""
     config = tmp_path / "mine.yaml"
     if text is not None:
-        config.write_text(text.format(base=ROOT / "configs/cls/demo.yaml"))
+        config.write_text(text.format(base=ROOT / "configs/cls/demo.yaml", seg=ROOT / "configs/seg/demo.yaml"))
     before = _snapshot(finished_run)
     code, err = _fails(train_cls.main, ["--config", str(config), "--output-dir", str(finished_run), *argv], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("error: " + line.format(config=config)), err
@@ -322,7 +327,7 @@ DEMO_TINY = ["model.depth=1", "model.decoder_depth=1", "train.batch_size=4", "tr
 
 @pytest.fixture(scope="module")
 def demo_scenes(tmp_path_factory):
-    return demo.write_demo_images(tmp_path_factory.mktemp("scenes"))
+    return write_demo_images(tmp_path_factory.mktemp("scenes"))
 
 
 @pytest.fixture
@@ -337,13 +342,13 @@ def demo_root(demo_scenes, tmp_path, monkeypatch):
 
 
 def test_an_interrupted_demo_pretraining_resumes_and_only_then_is_complete(demo_root, monkeypatch, capsys):
-    real_save = pretrain_main.atomic_save
+    real_save = pretrain_main.save_torch
 
     def killed_after_first_checkpoint(obj, path):
         real_save(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain_main, "atomic_save", killed_after_first_checkpoint)
+    monkeypatch.setattr(pretrain_main, "save_torch", killed_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         demo.ensure_demo_encoder(overrides=DEMO_TINY)
     pretrain_dir = demo_root / "pretrain"
@@ -351,7 +356,7 @@ def test_an_interrupted_demo_pretraining_resumes_and_only_then_is_complete(demo_
     assert (pretrain_dir / pretrain_main.ENCODER_FILE).is_file()  # half pretrained: not the demo encoder
     assert not demo.demo_encoder_path().exists() and demo.pretrains_demo_encoder("demo")
 
-    monkeypatch.setattr(pretrain_main, "atomic_save", real_save)
+    monkeypatch.setattr(pretrain_main, "save_torch", real_save)
     capsys.readouterr()
     encoder = demo.ensure_demo_encoder(overrides=DEMO_TINY)
     resumed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed from")]

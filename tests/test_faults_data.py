@@ -36,7 +36,7 @@ def _tool(name: str):
 
 @pytest.fixture(scope="module")
 def tools():
-    return {name: _tool(name) for name in ("train_det", "train_seg", "train_cls", "pretrain")}
+    return {name: _tool(name) for name in ("train_det", "train_seg", "train_cls", "pretrain_mae")}
 
 
 def _one_line_error(tool, argv, capsys) -> str:
@@ -283,12 +283,12 @@ def test_pretraining_folder_without_images_names_the_extensions(tools, tmp_path,
     pretrain_args = ["--config", str(ROOT / "configs/pretrain/demo.yaml"), f"data.root={folder}", "train.epochs=1",
                      "train.num_workers=0"]
     out = tmp_path / "run"
-    line = _one_line_error(tools["pretrain"], [*pretrain_args, "--output-dir", str(out)], capsys)
+    line = _one_line_error(tools["pretrain_mae"], [*pretrain_args, "--output-dir", str(out)], capsys)
     assert line == f"error: {folder}: no image files with the extensions {' '.join(IMG_EXTENSIONS)} found (it is empty)"
     (folder / "notes.txt").write_text("not an image")
-    line = _one_line_error(tools["pretrain"], [*pretrain_args, "--output-dir", str(out)], capsys)
+    line = _one_line_error(tools["pretrain_mae"], [*pretrain_args, "--output-dir", str(out)], capsys)
     assert line.endswith("found (it holds 1 other files, e.g. notes.txt)")
-    line = _one_line_error(tools["pretrain"], [*pretrain_args, f"data.root={tmp_path / 'nowhere'}",
+    line = _one_line_error(tools["pretrain_mae"], [*pretrain_args, f"data.root={tmp_path / 'nowhere'}",
                                                "--output-dir", str(out)], capsys)
     assert line == f"error: {tmp_path / 'nowhere'}: image folder not found (set data.root= to the data set's folder)"
     _nothing_written(out)

@@ -28,7 +28,7 @@ TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=32", "mode
 
 
 def _pretrain(*args):
-    from tools.pretrain import main
+    from tools.pretrain_mae import main
     main(list(args))
 
 
@@ -313,7 +313,7 @@ def test_a_second_run_into_a_folder_in_use_is_one_line_and_a_killed_runs_lock_bl
     stop it) ends with one line naming the first one's process and leaves its files alone; a run killed with SIGKILL
     leaves its lock behind, and the next run there goes ahead."""
     out = tmp_path / "run"
-    command = [sys.executable, "tools/pretrain.py", f"data.root={image_dir}", *TINY, "train.epochs=10",
+    command = [sys.executable, "tools/pretrain_mae.py", f"data.root={image_dir}", *TINY, "train.epochs=10",
                "--output-dir", str(out)]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text()) and first.poll() is None:

@@ -45,7 +45,7 @@ def test_the_checkpoint_reader_depends_on_nothing_above_it():
 def test_tools_use_the_installed_package_without_sys_path_edits():
     """Except a benchmark that imports another benchmark's helpers (the benchmarks are no installed package)."""
     edits = [str(path.relative_to(ROOT)) for folder in ("tools", "benchmarks") for path in (ROOT / folder).glob("*.py")
-             if "sys.path.insert" in path.read_text()
+             if "sys.path" in path.read_text()
              and not any(name.split(".")[0] == "benchmarks" for name in _imports(path))]
     assert edits == []
 
@@ -79,3 +79,11 @@ def test_the_converters_formats_are_the_checkpoint_writers():
     from maetransfer.checkpoint import WRITE_FORMATS
 
     assert runpy.run_path(str(ROOT / "tools/convert_checkpoint.py"))["WRITE_FORMATS"] == WRITE_FORMATS
+
+
+def test_no_tool_shadows_a_package():
+    """Python puts a script's folder first on sys.path: a tools/<name>.py named like a package would be imported
+    instead of it."""
+    packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    assert packages >= {"maetransfer", "pretrain"}
+    assert {path.stem for path in (ROOT / "tools").glob("*.py")} & packages == set()

@@ -149,6 +149,9 @@ def test_bad_inputs_end_with_one_line_and_leave_earlier_files_untouched(det_run,
     torch.save({"model": {k[len("backbone.net."):]: v for k, v in torch.load(run / "checkpoint.pth")["model"].items()
                           if k.startswith("backbone.net.")}}, encoder)
     image = data / "val2017" / "000000000002.png"
+    untasked = tmp_path / "untasked.yaml"  # the task comes from the config's task: key, never from a guess
+    untasked.write_text("".join(line + "\n" for line in (run / "config.yaml").read_text().splitlines()
+                                if not line.startswith("task:")))
     fresh = tmp_path / "fresh"  # runs that fail before predicting create nothing there
     cases = [
         ([*common, tmp_path / "empty", "--output", fresh], 1, f"error: {tmp_path / 'empty'}: no image files"),
@@ -163,7 +166,10 @@ def test_bad_inputs_end_with_one_line_and_leave_earlier_files_untouched(det_run,
         (["--config", "configs/seg/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output", fresh], 1,
          f"error: {run / 'checkpoint.pth'}: a detection model, but the config is a segmentation recipe"),
         (["--config", "configs/pretrain/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output",
-          fresh], 2, "error: configs/pretrain/demo.yaml: not a detection, segmentation or classification recipe"),
+          fresh], 2, "error: configs/pretrain/demo.yaml: a pretraining recipe; only a detection, segmentation or "
+                     "classification model predicts"),
+        (["--config", untasked, "--checkpoint", run / "checkpoint.pth", image, "--output", fresh], 2,
+         f"error: {untasked}: the config names no task (a top-level 'task:' key"),
         ([*common, image, "--output", fresh, "--topk", "3"], 2, "error: --topk applies to classification recipes"),
         ([*common, data / "val2017" / "000000000001.png", "--output", out], 2,
          f"error: {out} holds 2 of the files this run writes, e.g. 000000000001.png: pass --overwrite"),

@@ -122,7 +122,7 @@ def test_sigterm_to_a_tools_whole_process_group_stops_it_cleanly_and_it_resumes_
     """As Slurm signals a job step: the tool and its two loader workers all get SIGTERM. The workers keep running,
     the tool writes its checkpoint at the next update and exits 143 with one line; --resume auto then ends with the
     weights of an uninterrupted run (40 updates: 4 per epoch)."""
-    command = [sys.executable, "tools/pretrain.py", f"data.root={image_dir}", *TINY_PRETRAIN]
+    command = [sys.executable, "tools/pretrain_mae.py", f"data.root={image_dir}", *TINY_PRETRAIN]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     stopped = tmp_path / "stopped"
     process = subprocess.Popen([*command, "--output-dir", str(stopped)], cwd=ROOT, env=env, start_new_session=True,

@@ -139,13 +139,13 @@ def _submit(tool_args):
 def pretrain_references(image_dir, tmp_path_factory):
     """torchrun runs of the short and the long pretraining."""
     folder = tmp_path_factory.mktemp("torchrun")
-    return {name: _torchrun(["tools/pretrain.py", f"data.root={image_dir}", *overrides], folder / name)
+    return {name: _torchrun(["tools/pretrain_mae.py", f"data.root={image_dir}", *overrides], folder / name)
             for name, overrides in (("short", SHORT), ("long", LONG))}
 
 
 @needs_slurm
 def test_srun_two_tasks_pretrain_as_one_job_equal_to_torchrun(image_dir, pretrain_references, tmp_path):
-    run = subprocess.run(["srun", "-n", "2", sys.executable, "tools/pretrain.py", f"data.root={image_dir}", *SHORT,
+    run = subprocess.run(["srun", "-n", "2", sys.executable, "tools/pretrain_mae.py", f"data.root={image_dir}", *SHORT,
                           "--output-dir", str(tmp_path)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
@@ -175,7 +175,7 @@ def test_srun_two_tasks_detection_as_one_job_equal_to_torchrun(tmp_path):
 def test_tasks_that_cannot_meet_end_with_one_line(image_dir, tmp_path):
     """Task 1 of the step never joins: task 0 gives up after train.dist_timeout (3 s) naming where it waited."""
     programs = tmp_path / "tasks.conf"
-    programs.write_text(f"0 {sys.executable} tools/pretrain.py data.root={image_dir} {' '.join(SHORT)} "
+    programs.write_text(f"0 {sys.executable} tools/pretrain_mae.py data.root={image_dir} {' '.join(SHORT)} "
                         f"train.dist_timeout=0.05 --output-dir {tmp_path / 'run'}\n1 true\n")
     run = subprocess.run(["srun", "-n", "2", "--multi-prog", str(programs)], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=120)
@@ -189,7 +189,7 @@ def test_tasks_that_cannot_meet_end_with_one_line(image_dir, tmp_path):
 
 @needs_slurm
 def test_submit_runs_a_job_to_the_end_with_its_logs_in_the_run_folder(image_dir, pretrain_references, tmp_path):
-    job_id, log = _submit(["tools/pretrain.py", f"data.root={image_dir}", *SHORT, "--output-dir", str(tmp_path)])
+    job_id, log = _submit(["tools/pretrain_mae.py", f"data.root={image_dir}", *SHORT, "--output-dir", str(tmp_path)])
     assert log == tmp_path / "slurm" / f"{job_id}_0_log.out"
     assert _wait_for_job(job_id)["JobState"] == "COMPLETED"
     _assert_same_weights(tmp_path, pretrain_references["short"])
@@ -233,7 +233,7 @@ def test_a_job_requeued_mid_run_ends_as_an_uninterrupted_run(interruption, image
     stopped, writes each log record once and ends with the uninterrupted run's weights."""
     submit, interrupt, stop_line = REQUEUES[interruption]
     run = tmp_path / "run"
-    job_id, log = submit(tmp_path, ["tools/pretrain.py", f"data.root={image_dir}", *LONG, "--output-dir", str(run)])
+    job_id, log = submit(tmp_path, ["tools/pretrain_mae.py", f"data.root={image_dir}", *LONG, "--output-dir", str(run)])
     _wait_for_records(run, 3, job_id)
     subprocess.run([*interrupt, job_id], check=True)
     job = _wait_for_job(job_id, restarts=1)
@@ -251,7 +251,7 @@ def test_a_job_requeued_mid_run_ends_as_an_uninterrupted_run(interruption, image
 def test_a_killed_job_submitted_again_resumes_from_its_last_checkpoint(image_dir, pretrain_references, tmp_path):
     """SIGKILL to every process of the job: nothing is written then; the same command with --resume auto continues
     from the last periodic checkpoint (every epoch) and ends as the uninterrupted run."""
-    tool_args = ["tools/pretrain.py", f"data.root={image_dir}", *LONG, "--output-dir", str(tmp_path / "run")]
+    tool_args = ["tools/pretrain_mae.py", f"data.root={image_dir}", *LONG, "--output-dir", str(tmp_path / "run")]
     job_id, _ = _sbatch(tmp_path, tool_args)
     _wait_for_records(tmp_path / "run", 9, job_id)
     subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
@@ -291,7 +291,7 @@ def test_plain_python_srun_one_task_and_torchrun_inside_an_allocation_keep_worki
                                                                                    tmp_path):
     """An sbatch job of 2 tasks whose script runs the tool itself (one process, although SLURM_NTASKS=2), with
     `srun -n 1` (one process), and under torchrun (its 2 workers, equal to torchrun outside Slurm)."""
-    tool = f"tools/pretrain.py data.root={image_dir} {' '.join(SHORT)}"
+    tool = f"tools/pretrain_mae.py data.root={image_dir} {' '.join(SHORT)}"
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/bash\nset -e\n{sys.executable} {tool} --output-dir {tmp_path / 'python'}\n"
                       f"srun -n 1 {sys.executable} {tool} --output-dir {tmp_path / 'srun1'}\n"

@@ -42,8 +42,8 @@ def main(argv=None):
     except OutputPathError as exc:
         parser.exit(2, f"error: {exc}\n")
     # imported once the command line is parsed: --help needs no torch
-    from maetransfer.checkpoint import (CheckpointError, encoder_arch, is_detector, parse_state, read_raw,
-                                       save_checkpoint, save_detectron2_detector, unwrap_state)
+    from maetransfer.checkpoint import (CheckpointError, convert_checkpoint, encoder_arch, is_detector, parse_state,
+                                       read_raw, save_detectron2_detector, unwrap_state)
     from maetransfer.models import vit_size
     from maetransfer.zoo import resolve
 
@@ -64,7 +64,7 @@ def main(argv=None):
                 raise CheckpointError(f"{args.src} is a ViT with embed {arch['embed_dim']}/depth {arch['depth']}, "
                                       f"not {args.model} (embed {size['embed_dim']}/depth {size['depth']})")
             num_heads = num_heads or size["num_heads"]
-        save_checkpoint(ckpt, args.dst, args.to, num_heads=num_heads, decoder_num_heads=args.decoder_num_heads)
+        convert_checkpoint(ckpt, args.dst, args.to, num_heads=num_heads, decoder_num_heads=args.decoder_num_heads)
     except (CheckpointError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     kept = {"mae": ("encoder", "decoder", "head"), "timm": ("encoder", "head"), "hf": ("encoder", "decoder"),

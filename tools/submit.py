@@ -5,7 +5,7 @@ and the job is requeued; the requeued job resumes the run. The job's script and 
 (<output dir>/slurm; --log-dir for other tools). Everything after the tool's path is the tool's own command line.
 
   python tools/submit.py --nodes 8 --gpus-per-node 8 --cpus-per-task 10 --mem-gb 320 --time 4320 --partition gpu \\
-      tools/pretrain.py --config configs/pretrain/mae_vit_large.yaml data.root=/data/imagenet/train
+      tools/pretrain_mae.py --config configs/pretrain/mae_vit_large.yaml data.root=/data/imagenet/train
   python tools/submit.py --nodes 8 --gpus-per-node 8 --time 2880 --dry-run \\
       tools/train_det.py --config configs/det/mask_rcnn_vit_base_coco.yaml data.root=/data/coco \\
       train.init_checkpoint=mae_pretrain_vit_base

@@ -9,25 +9,19 @@ COCO format, the demo-pretrained encoder, a few minutes on 2 cores).
   python tools/train_det.py --config configs/det/mask_rcnn_vit_base_coco.yaml --eval-only \\
       --checkpoint output/det/mask_rcnn_vit_base/checkpoint.pth
 """
-import sys
 from pathlib import Path
 
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
-
-from maetransfer.cli import ToolTask, run_transfer_tool
+from maetransfer.cli import run_transfer_tool
 
 
-def detection() -> ToolTask:  # imported once the command line is parsed: --help needs no torch
-    from maetransfer.data.coco import CocoFormatError
-    from maetransfer.det.train import run
-    from pretrain.demo import pretrains_demo_encoder, resolve_init_checkpoint
-    return ToolTask(run, (CocoFormatError,), resolve_init_checkpoint, pretrains_demo_encoder)
+def demo_encoder():  # imported once the command line is parsed: --help needs no torch
+    import pretrain.demo
+    return pretrain.demo
 
 
 def main(argv=None) -> dict:
     cfg, metrics = run_transfer_tool(__doc__, "train_det", "trained detector for --eval-only (this tool's "
-                                     "checkpoint.pth, a ViTDet file, a released name)", detection, argv)
+                                     "checkpoint.pth, a ViTDet file, a released name)", demo_encoder, argv)
     if metrics:
         print("  ".join(f"{t} AP {m['AP']:.1f} AP50 {m['AP50']:.1f}" for t, m in metrics.items())
               + f"  -> {Path(cfg.train.output_dir) / 'metrics.json'}")

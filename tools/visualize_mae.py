@@ -8,11 +8,6 @@ Rows: original | masked | reconstruction | reconstruction with the visible patch
 Released `_full` files predict per-patch normalised pixels: pass --norm-pix to show them as pixels.
 """
 import argparse
-import sys
-from pathlib import Path
-
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
 
 from maetransfer.cli import OutputPathError, check_writable_file
 

@@ -28,7 +28,7 @@ from typing import Optional, Tuple, Union
 from ..files import save_torch
 from .adapter import LoadReport, load_detector_into, load_into
 from .arch import decoder_num_heads_of, encoder_arch, num_heads_of
-from .core import CheckpointError, LoadedCheckpoint, StateDict
+from .core import CheckpointError, LoadedCheckpoint, StateDict, StateMismatch, compare_state
 from .detectron2 import ENCODER_PREFIX as _DETECTRON2_PREFIX
 from .detectron2 import _parse_detectron2, detector_state, is_detector, to_detectron2, to_detectron2_detector
 from .hf import _parse_hf, hf_config, save_hf, to_hf_state
@@ -36,10 +36,10 @@ from .mae import _parse_official, to_mae, to_timm
 from .mmseg import _parse_mmseg, to_mmseg
 from .reader import read_raw, unwrap_state
 
-__all__ = ["WRITE_FORMATS", "CheckpointError", "LoadReport", "LoadedCheckpoint", "StateDict", "decoder_num_heads_of",
-           "detector_state", "encoder_arch", "hf_config", "is_detector", "load_detector_into", "load_encoder_state",
-           "load_into", "num_heads_of", "parse_state", "read_checkpoint", "read_raw", "read_state", "save_checkpoint",
-           "save_detectron2_detector", "save_hf", "to_detectron2", "to_detectron2_detector", "to_hf_state", "to_mae", "to_mmseg", "to_timm",
+__all__ = ["WRITE_FORMATS", "CheckpointError", "LoadReport", "LoadedCheckpoint", "StateDict", "StateMismatch",
+           "compare_state", "convert_checkpoint", "decoder_num_heads_of", "detector_state", "encoder_arch", "hf_config",
+           "is_detector", "load_detector_into", "load_encoder_state", "load_into", "num_heads_of", "parse_state",
+           "read_checkpoint", "read_raw", "read_state", "save_detectron2_detector", "save_hf", "to_detectron2", "to_detectron2_detector", "to_hf_state", "to_mae", "to_mmseg", "to_timm",
            "unwrap_state"]
 
 WRITE_FORMATS = ("mae", "hf", "timm", "detectron2", "mmseg")
@@ -90,9 +90,10 @@ def load_encoder_state(path: Union[str, Path], unsafe: bool = False) -> StateDic
     return read_checkpoint(path, unsafe).encoder
 
 
-def save_checkpoint(ckpt: LoadedCheckpoint, dst: Union[str, Path], fmt: str, num_heads: Optional[int] = None,
-                    decoder_num_heads: Optional[int] = None) -> Path:
-    """Write `ckpt` in format `fmt` (one of WRITE_FORMATS); 'hf' writes a save_pretrained folder."""
+def convert_checkpoint(ckpt: LoadedCheckpoint, dst: Union[str, Path], fmt: str, num_heads: Optional[int] = None,
+                       decoder_num_heads: Optional[int] = None) -> Path:
+    """Write `ckpt` converted to format `fmt` (one of WRITE_FORMATS); 'hf' writes a save_pretrained folder. (Not a
+    training checkpoint: those are the engine's `Checkpointer`.)"""
     dst = Path(dst)
     if fmt == "hf":
         save_hf(ckpt, dst, num_heads, decoder_num_heads)

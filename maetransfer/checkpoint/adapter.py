@@ -14,7 +14,7 @@ from ..models.pos_embed import interpolate_pos_embed
 from ..models.vit import VisionTransformer, resize_decomposed_table
 from ..sizes import VIT_SIZES
 from .arch import encoder_arch
-from .core import CheckpointError, LoadedCheckpoint, StateDict
+from .core import CheckpointError, LoadedCheckpoint, StateDict, compare_state
 
 
 @dataclass
@@ -165,12 +165,12 @@ def load_into(model: nn.Module, state: Union[StateDict, LoadedCheckpoint], stric
             notes.append(f"skipped the checkpoint's {key} {tuple(state[key].shape)}: the model's is "
                          f"{tuple(target[key].shape)} (another class count; freshly initialised)")
             del state[key]
-    for key in state:
-        if key in target and state[key].shape != target[key].shape:
-            raise CheckpointError(f"checkpoint {source}: {key} has shape {tuple(state[key].shape)} but the model "
-                                  f"expects {tuple(target[key].shape)}")
-    missing = sorted(k for k in target if k not in state)
-    unexpected = sorted(k for k in state if k not in target)
+    diff = compare_state(state, target)
+    if diff.reshaped:
+        key = diff.reshaped[0]
+        raise CheckpointError(f"checkpoint {source}: {key} has shape {tuple(state[key].shape)} but the model "
+                              f"expects {tuple(target[key].shape)}")
+    missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
     new_groups, unexplained_missing = _classify(missing, _NEW_IN_MODEL)
     structural, unexpected_rest = _classify(unexpected, _STRUCTURAL)
     unused_groups, unexplained_unused = _classify(unexpected_rest, _UNUSED_BY_MODEL)
@@ -224,16 +224,13 @@ def load_detector_into(model: nn.Module, state: StateDict, source: str, new_clas
                               f"this version reads detectron2-layout detectors only: retrain it")
     target = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
     rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    unexpected = [k for k in rest if k not in target]
-    missing = [k for k in target if k not in rest]
-    if unexpected or missing:
-        raise CheckpointError(f"{source}: does not match the configured detector ({len(missing)} missing "
-                              f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}); check model.* in the "
-                              f"config")
+    diff = compare_state(rest, target)
+    if diff.unexpected or diff.missing:
+        raise CheckpointError(f"{source}: does not match the configured detector ({len(diff.missing)} missing "
+                              f"{diff.missing[:2]}, {len(diff.unexpected)} unexpected {diff.unexpected[:2]}); check "
+                              f"model.* in the config")
     notes = []
-    for key in list(rest):
-        if rest[key].shape == target[key].shape:
-            continue
+    for key in diff.reshaped:
         if new_classes_ok and key.startswith(_CLASS_HEADS):
             notes.append(f"skipped {key} {tuple(rest[key].shape)}: the model's is {tuple(target[key].shape)} (another "
                          f"class count; freshly initialised)")

@@ -7,14 +7,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from ..engine import ShieldedDataLoader, dist
-from ..engine.amp import autocast
+from ..engine import DatasetEvaluator
 from ..files import atomic_write, write_text
 
 
@@ -79,27 +76,35 @@ class AccuracyCounter:
         return out
 
 
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, dataset: Dataset, num_classes: int, batch_size: int,
-                        device: torch.device, num_workers: int = 0, amp: str = "none") -> AccuracyCounter:
-    """Accuracy counts of `model` on `dataset`, over all ranks.
+class ClassificationEvaluator(DatasetEvaluator):
+    """Top-1 / top-5, per-class and mean per-class accuracy of a classifier over a data set of (image, label) batches
+    (`engine.inference_on_dataset` runs it); the counts of every process are added up on the main process, which
+    writes metrics.json, per_class_accuracy.csv and the confusion matrix (`write_results`) and prints the summary."""
 
-    Each rank takes every world_size-th image (no padding, so no image is counted twice) and the per-rank counts
-    are summed; every rank returns the same totals.
-    """
-    rank, world = dist.get_rank(), dist.get_world_size()
-    indices = list(range(rank, len(dataset), world))
-    loader = ShieldedDataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                                pin_memory=device.type == "cuda")
-    was_training = model.training
-    model.eval()
-    counter = AccuracyCounter(num_classes)
-    for images, labels in tqdm(loader, desc="eval", disable=not dist.is_main_process(), dynamic_ncols=True):
-        with autocast(device.type, amp):
-            logits = model(images.to(device, non_blocking=True))
-        counter.update(logits, labels.to(device))
-    model.train(was_training)
-    return AccuracyCounter.sum(dist.all_gather_object(counter))
+    def __init__(self, dataset: Dataset, classes: List[str], batch_size: int, output_dir, name: str = ""):
+        self.dataset, self.classes, self.batch_size = dataset, list(classes), batch_size
+        self.output_dir, self.name = output_dir, name or getattr(dataset, "index_file", "")
+        self.reset()
+
+    def reset(self):
+        self.counter = AccuracyCounter(getattr(self.dataset, "num_classes", len(self.classes)))
+
+    def forward(self, model, inputs, device):
+        return model(inputs[0].to(device, non_blocking=True))
+
+    def process(self, inputs, outputs):
+        self.counter.update(outputs, inputs[1].to(outputs.device))
+
+    def local_results(self):
+        return self.counter
+
+    def merge(self, parts):
+        self.counter = AccuracyCounter.sum(parts)
+
+    def evaluate(self) -> Dict:
+        summary = write_results(self.counter, self.classes, self.output_dir, {"dataset": str(self.name)})
+        print(f"{self.name}: {format_summary(summary)}")
+        return summary
 
 
 def write_results(counter: AccuracyCounter, classes: List[str], output_dir, extra: Optional[Dict] = None) -> Dict:

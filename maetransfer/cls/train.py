@@ -7,11 +7,11 @@ from omegaconf import DictConfig
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
+from ..checkpoint import CheckpointError, compare_state, load_encoder_state, load_into, read_checkpoint
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
-from ..engine import Task, dist, model_device, run_task
+from ..engine import Task, run_task
 from ..optim import param_groups
-from .evaluate import evaluate_classifier, format_summary, write_results
+from .evaluate import ClassificationEvaluator
 from .model import build_classifier
 
 
@@ -55,12 +55,12 @@ def load_classifier(model: nn.Module, path: str, unsafe: bool = False) -> None:
     official main_finetune / main_linprobe checkpoint. Every tensor of the model must come from the file."""
     ckpt = read_checkpoint(path, unsafe)
     state = {**ckpt.encoder, **ckpt.head}
-    target = model.state_dict()
-    missing = [k for k in target if k not in state]
+    diff = compare_state(state, model.state_dict())
+    missing, target = diff.missing, diff.expected
     if missing:
         raise CheckpointError(f"{path}: lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; "
                               f"{_mismatch_hint(state, missing)}")
-    wrong = [k for k in target if k.startswith("head.") and state[k].shape != target[k].shape]
+    wrong = [k for k in diff.reshaped if k.startswith("head.")]
     if wrong:
         raise CheckpointError(f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but the model built for "
                               f"this dataset expects {tuple(target[wrong[0]].shape)}")
@@ -82,6 +82,7 @@ class ClassificationTask(Task):
     per-class evaluation; results: the summary written to <output_dir>/metrics.json."""
 
     name = "cls"
+    input_errors = (DatasetError,)
 
     def prepare_data(self) -> None:
         d = self.cfg.data
@@ -111,16 +112,9 @@ class ClassificationTask(Task):
     def loss_fn(self):
         return ClassificationLoss(self.cfg.aug, self.val_set.num_classes)
 
-    def evaluate(self, model: nn.Module) -> Dict:
-        cfg, val_set = self.cfg, self.val_set
-        counter = evaluate_classifier(model, val_set, val_set.num_classes, int(cfg.eval.batch_size),
-                                      model_device(model), int(cfg.train.num_workers), cfg.eval.amp)
-        self.results = counter.summary()
-        if dist.is_main_process():
-            self.results = write_results(counter, val_set.classes, cfg.train.output_dir,
-                                         {"dataset": val_set.index_file})
-            print(f"{val_set.index_file}: {format_summary(self.results)}")
-        return self.results
+    def build_evaluator(self) -> ClassificationEvaluator:
+        return ClassificationEvaluator(self.val_set, self.val_set.classes, int(self.cfg.eval.batch_size),
+                                       self.cfg.train.output_dir, self.val_set.index_file)
 
     def trainer_options(self) -> Dict:
         return {"checkpoint_meta": {"class_names": self.val_set.classes}}  # for tools/predict.py

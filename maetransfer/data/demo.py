@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
+from PIL import Image
+
+from ..files import atomic_write
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "bar")
 
@@ -80,6 +83,19 @@ def render_scenes(n: int, size: int = 64, seed: int = 0, **kwargs):
     rng = np.random.default_rng(seed)
     for _ in range(n):
         yield render_scene(rng, size, **kwargs)
+
+
+def write_demo_images(folder, count: int = 2000, size: int = 64, seed: int = 0) -> Path:
+    """Pretraining's demo set: a flat folder of generated JPEG scenes (written once; reused when complete)."""
+    folder = Path(folder)
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) >= count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (image, _) in enumerate(render_scenes(count, size=size, seed=seed)):
+        # renamed when whole: a killed run leaves no half image (and no file of an image extension)
+        atomic_write(folder / f"scene_{i:05d}.jpg",
+                     lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=95))
+    return folder
 
 
 def publish_folder(tmp: Path, root: Path) -> Path:

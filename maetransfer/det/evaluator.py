@@ -15,13 +15,11 @@ import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch.utils.data import Subset
-from tqdm import tqdm
 
 from ..data.coco import CocoDetection, collate_detection
-from ..engine import ShieldedDataLoader, dist, model_device
-from ..engine.amp import autocast
+from ..engine import DatasetEvaluator
 from ..files import write_text
+from .visualize import save_predictions
 
 try:
     import faster_coco_eval
@@ -121,56 +119,62 @@ def _per_category_table(metrics: Dict, names: List[str], iou_type: str, columns:
     return "\n".join(lines)
 
 
-class COCOEvaluator:
-    """Runs a detector over a `CocoDetection` split (`predict`: this rank's share), and evaluates the gathered
-    predictions on the main process (`evaluate_results`), writing `coco_instances_results.json` and `metrics.json`
-    to `output_dir`."""
+class COCOEvaluator(DatasetEvaluator):
+    """COCO evaluation of a detector over a `CocoDetection` split (`engine.inference_on_dataset` runs it): each image
+    is predicted at the network's test size (the dataset's transform) and mapped back to its size in the annotation
+    file; on the main process, the gathered predictions are scored for every iou type against the images that were
+    evaluated, and `coco_instances_results.json`, `metrics.json` and `predictions.png` (the first images' detections)
+    are written to `output_dir`."""
+
+    collate_fn = staticmethod(collate_detection)
 
     def __init__(self, dataset: CocoDetection, output_dir, iou_types: Sequence[str] = ("bbox", "segm"),
-                 batch_size: int = 1, num_workers: int = 0, amp: str = "none", max_images: int = 0):
+                 batch_size: int = 1, num_pictures: int = 8):
         self.dataset = dataset
         self.output_dir = Path(output_dir)
         self.iou_types = tuple(iou_types)
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.amp = amp
-        self.max_images = max_images
+        self.batch_size, self.num_pictures = batch_size, num_pictures
         self.category_names = dict(zip(dataset.category_ids, dataset.category_names))
+        self.reset()
 
-    def num_images(self) -> int:
-        """The images evaluated: the first `max_images` of the split (all of them when 0)."""
-        return len(self.dataset) if self.max_images <= 0 else min(self.max_images, len(self.dataset))
+    def reset(self):
+        self.image_ids: List[int] = []
+        self.results: List[Dict] = []
 
-    def image_indices(self) -> List[int]:
-        return list(range(dist.get_rank(), self.num_images(), dist.get_world_size()))
+    def forward(self, model, inputs, device):
+        images, targets = inputs
+        sizes = [(self.dataset.coco.imgs[int(t["image_id"])]["height"],
+                  self.dataset.coco.imgs[int(t["image_id"])]["width"]) for t in targets]
+        return model([img.to(device) for img in images], output_sizes=sizes)
 
-    @torch.no_grad()
-    def predict(self, model: torch.nn.Module) -> List[Dict]:
-        """This rank's share of the split -> COCO result dicts, predicted at the network's test size (the dataset's
-        transform) and mapped back to each image's size in the annotation file."""
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
-        loader = ShieldedDataLoader(Subset(self.dataset, self.image_indices()), batch_size=self.batch_size,
-                                    num_workers=self.num_workers, collate_fn=collate_detection)
-        mixed_precision = autocast(device.type, self.amp) if device.type == "cuda" else nullcontext()
-        results = []
-        for images, targets in tqdm(loader, desc="evaluate", disable=not dist.is_main_process(),
-                                    dynamic_ncols=True):
-            ids = [int(t["image_id"]) for t in targets]
-            sizes = [(self.dataset.coco.imgs[i]["height"], self.dataset.coco.imgs[i]["width"]) for i in ids]
-            with mixed_precision:
-                outputs = model([img.to(device) for img in images], output_sizes=sizes)
-            for out, image_id in zip(outputs, ids):
-                results += instances_to_results(out, image_id, self.dataset.category_ids)
-        model.train(was_training)
-        return results
+    def process(self, inputs, outputs):
+        for target, output in zip(inputs[1], outputs):
+            image_id = int(target["image_id"])
+            self.image_ids.append(image_id)
+            self.results += instances_to_results(output, image_id, self.dataset.category_ids)
 
-    def evaluate_results(self, results: List[Dict], verbose: bool = True) -> Dict[str, Dict[str, Optional[float]]]:
-        """COCOeval of gathered results for every iou type; writes the two files. Main process only."""
-        evaluated_ids = set(self.dataset.ids[: self.num_images()])
+    def local_results(self):
+        return self.image_ids, self.results
+
+    def merge(self, parts):
+        self.image_ids = [i for ids, _ in parts for i in ids]
+        self.results = [r for _, results in parts for r in results]
+
+    def evaluate(self) -> Dict[str, Dict[str, Optional[float]]]:
+        metrics = self.evaluate_results(self.results, self.image_ids)
+        # the picture draws these predictions: the model does not run again for it
+        evaluated = set(self.image_ids)
+        shown = [i for i in self.dataset.ids if i in evaluated][:self.num_pictures]
+        save_predictions(self.results, self.dataset, shown, self.output_dir / "predictions.png")
+        return metrics
+
+    def evaluate_results(self, results: List[Dict], image_ids: Optional[Sequence[int]] = None,
+                         verbose: bool = True) -> Dict[str, Dict[str, Optional[float]]]:
+        """COCOeval of `results` on the images `image_ids` (all of the split when None) for every iou type; writes
+        coco_instances_results.json and metrics.json."""
         coco_gt = self.dataset.coco
-        if len(evaluated_ids) < len(coco_gt.imgs):
-            coco_gt = _subset(coco_gt, evaluated_ids)
+        if image_ids is not None and len(set(image_ids)) < len(coco_gt.imgs):
+            coco_gt = _subset(coco_gt, set(image_ids))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.output_dir / RESULTS_FILE, json.dumps(results))
         metrics = {t: coco_eval(coco_gt, results, t, self.category_names, verbose) for t in self.iou_types}

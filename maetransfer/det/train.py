@@ -9,11 +9,10 @@ from ..checkpoint import (CheckpointError, detector_state, is_detector, load_det
                           read_raw, read_state, unwrap_state)
 from ..data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection,
                          write_demo_coco)
-from ..engine import Task, dist, model_device, run_task
+from ..engine import Task, run_task
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
-from .visualize import save_predictions
 
 
 def coco_split(data_cfg: DictConfig, split: str) -> Tuple[Path, Path]:
@@ -62,6 +61,7 @@ class DetectionTask(Task):
     on the main process, as written to <output_dir>/metrics.json."""
 
     name = "det"
+    input_errors = (CocoFormatError,)
 
     # BN variants (Table 4) normalise across processes, as detectron2's SyncBN
     sync_batchnorm = "BN in model.pyramid_norm / fpn_norm / head_norm"
@@ -73,9 +73,6 @@ class DetectionTask(Task):
     def build(self, eval_only: bool) -> nn.Module:
         cfg = self.cfg
         self.train_set, self.val_set = build_datasets(cfg, eval_only)
-        self.evaluator = COCOEvaluator(self.val_set, Path(cfg.train.output_dir), batch_size=int(cfg.eval.batch_size),
-                                       num_workers=int(cfg.train.num_workers), amp=cfg.eval.amp,
-                                       max_images=int(cfg.eval.max_images))
         return build_mask_rcnn(cfg.model, self.val_set.num_classes, float(cfg.eval.mask_threshold))
 
     load_trained = staticmethod(load_detector)
@@ -88,18 +85,12 @@ class DetectionTask(Task):
     def loss_fn(self):
         return detection_loss
 
-    def evaluate(self, model: nn.Module) -> Dict:
-        self.results = {}
-        gathered = dist.all_gather_object(self.evaluator.predict(model))
-        if not dist.is_main_process():
-            return {}
-        results = [r for part in gathered for r in part]
-        self.results = self.evaluator.evaluate_results(results)
-        # the picture draws these predictions: the model does not run again for it
-        save_predictions(results, self.val_set, self.val_set.ids[:min(8, self.evaluator.num_images())],
-                         Path(self.cfg.train.output_dir) / "predictions.png")
-        return {f"{t}/{k}": v for t, metrics in self.results.items() for k, v in metrics.items()
-                if v is not None and not k.startswith("AP-")}
+    def build_evaluator(self) -> COCOEvaluator:
+        return COCOEvaluator(self.val_set, Path(self.cfg.train.output_dir), batch_size=int(self.cfg.eval.batch_size))
+
+    def scalars(self, results: Dict) -> Dict[str, float]:
+        # the 12 COCO numbers of each iou type; the per-category APs stay in metrics.json
+        return {k: v for k, v in super().scalars(results).items() if "/AP-" not in k}
 
     def trainer_options(self) -> Dict:
         # the category names and ids travel with the checkpoint, for tools/predict.py

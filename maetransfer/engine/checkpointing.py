@@ -1,23 +1,30 @@
-"""Checkpoints of the training engine: what they hold, how they are written (atomically, never half a file), how a
-resume file is read and checked (one line naming the file when it cannot be resumed from, never unpickled beyond
-tensors and plain data), and every process's RNG states, which make a resumed run bit-exact."""
+"""Checkpoints of the training engine: what they hold and how they are written (`Checkpointer`: atomically, never half
+a file; an optional history and the `last_checkpoint` pointer), how a resume file is read and checked (one line naming
+the file when it cannot be resumed from, never unpickled beyond tensors and plain data), and every process's RNG
+states, which make a resumed run bit-exact."""
 import fcntl
 import os
 import pickle
 import random
+import shutil
 import socket
 import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..checkpoint.core import compare_state, name_list
+from ..config import to_dict
 from ..errors import InputError
-from ..files import save_torch
+from ..files import atomic_write, save_torch, write_text
+from . import dist
 
 CHECKPOINT_NAME = "checkpoint.pth"
+LAST_CHECKPOINT_NAME = "last_checkpoint"  # a text file naming the newest checkpoint of the folder (as detectron2's)
 EMA_NAME = "model_ema.pth"
+BEST_NAME = "best.pth"
 RUN_LOCK_NAME = ".run.lock"
 # What a resumable checkpoint of this engine holds besides optional EMA weights and the config.
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "iter", "batch_in_epoch", "rng")
@@ -47,30 +54,6 @@ def set_rng_state(state: Dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save through a temporary file and a rename: a crash never leaves a half-written checkpoint, a full disk
-    is one line (`files.atomic_write`)."""
-    save_torch(obj, path)
-
-
-def _names(keys: List[str], limit: int = 3) -> str:
-    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def state_mismatch(saved: Dict, expected: Dict) -> str:
-    """How a saved state dict differs from a model's, in a few words ('' when names and shapes agree)."""
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
-    reshaped = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
-    parts = [f"it lacks {_names(missing)}"] if missing else []
-    parts += [f"it has {_names(unexpected)}, which this model lacks"] if unexpected else []
-    if reshaped:
-        key = reshaped[0]
-        parts.append(f"{key} is {tuple(saved[key].shape)} in the file but {tuple(expected[key].shape)} in this model"
-                     + (f", and {len(reshaped) - 1} more tensors differ in shape" if len(reshaped) > 1 else ""))
-    return "; ".join(parts)
-
-
 def read_training_checkpoint(path: Path) -> Dict:
     """The checkpoint at `path`, or TrainingError saying in one line why it cannot be resumed from."""
     if not path.exists():
@@ -92,7 +75,7 @@ def read_training_checkpoint(path: Path) -> Dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
     if missing or not (isinstance(ckpt["model"], dict) and all(map(torch.is_tensor, ckpt["model"].values()))):
         raise TrainingError(f"{path}: cannot resume: not a training checkpoint of this engine (no "
-                            f"{_names(missing or ['model weights'])}); to start from its weights use "
+                            f"{name_list(missing or ['model weights'])}); to start from its weights use "
                             f"train.init_checkpoint")
     return ckpt
 
@@ -123,3 +106,95 @@ class RunFolderLock:
         if not self._file.closed:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`target` with `source`'s bytes, atomically: a hard link (no second copy on disk; the next atomic write of
+    `source` makes a new file, so the link keeps this one), or a copy where the file system has no links."""
+    def write(tmp: Path) -> None:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(target, write)
+
+
+def _hook_keys(hooks: Sequence) -> List[str]:
+    """The name under which each hook's state is kept: its class name, '#2', '#3' ... after repeats."""
+    keys, seen = [], {}
+    for hook in hooks:
+        name = type(hook).__name__
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
+def hook_states(checkpoint: Dict) -> Dict[str, Dict]:
+    """The hooks' states of a checkpoint; files written before hooks had their own key kept the EMA at the top."""
+    if "hooks" in checkpoint:
+        return checkpoint["hooks"]
+    return {"WeightAverage": {"model_ema": checkpoint["model_ema"]}} if "model_ema" in checkpoint else {}
+
+
+class Checkpointer:
+    """What a training checkpoint holds and how it is written. A checkpoint holds the model, the optimizer, the fp16
+    loss scaler, the position (epoch, iter, batch_in_epoch), every process's RNG states, the resolved config, the
+    task's `meta` (class names, for prediction) and, under 'hooks', the state of every hook that keeps one, by class
+    name. `save` writes <output_dir>/checkpoint.pth atomically, then the pointer file `last_checkpoint` naming the
+    newest checkpoint; with `keep` > 0 it also keeps checkpoint_<iteration>.pth, the newest `keep` of them."""
+
+    def __init__(self, output_dir: Path, keep: int = 0):
+        self.output_dir, self.keep = Path(output_dir), int(keep)
+
+    @property
+    def path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def latest(self) -> Optional[Path]:
+        """The checkpoint `last_checkpoint` names, else checkpoint.pth, else None (what --resume auto continues)."""
+        pointer = self.output_dir / LAST_CHECKPOINT_NAME
+        if pointer.is_file():
+            named = self.output_dir / pointer.read_text().strip()
+            if named.is_file():
+                return named
+        return self.path if self.path.is_file() else None
+
+    def save(self, trainer) -> Path:
+        """Every process: write the checkpoint of `trainer`'s current state (the main process writes)."""
+        rng = dist.all_gather_object(rng_state())  # every process's own: each draws its own dropout and masks
+        if dist.is_main_process():
+            hooks = {key: state for key, hook in zip(_hook_keys(trainer.hooks), trainer.hooks)
+                     if (state := hook.state_dict())}
+            save_torch({"model": trainer.model_without_ddp.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                        "scaler": trainer.scaler.state_dict(), "epoch": trainer.epoch, "iter": trainer.iter,
+                        "batch_in_epoch": trainer.batch_in_epoch, "rng": rng, "config": to_dict(trainer.cfg),
+                        "meta": trainer.checkpoint_meta, "hooks": hooks}, self.path)
+            newest = self.path
+            if self.keep > 0:
+                newest = self.output_dir / f"checkpoint_{trainer.iter:07d}.pth"
+                _link_or_copy(self.path, newest)
+                for old in sorted(self.output_dir.glob("checkpoint_*.pth"))[:-self.keep]:
+                    old.unlink()
+            write_text(self.output_dir / LAST_CHECKPOINT_NAME, newest.name + "\n")
+        return self.path
+
+    def load(self, trainer, path: Path) -> Dict:
+        """Put the checkpoint at `path` into `trainer`'s model, optimizer, scaler and hooks; returns the checkpoint
+        (its position and RNG states are the trainer's to apply). TrainingError (one line) when it cannot."""
+        ckpt = read_training_checkpoint(path)
+        mismatch = compare_state(ckpt["model"], trainer.model_without_ddp.state_dict())
+        if mismatch:
+            raise TrainingError(f"{path}: cannot resume: its weights are another model's: {mismatch}")
+        states = hook_states(ckpt)
+        try:
+            trainer.model_without_ddp.load_state_dict(ckpt["model"])
+            trainer.optimizer.load_state_dict(ckpt["optimizer"])
+            trainer.scaler.load_state_dict(ckpt["scaler"])
+            for key, hook in zip(_hook_keys(trainer.hooks), trainer.hooks):
+                hook.load_state_dict(states.get(key), path)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(f"{path}: cannot resume: its optimizer or weights do not fit this run ({first})") \
+                from None
+        return ckpt

@@ -4,7 +4,7 @@ import atexit
 import os
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -115,10 +115,14 @@ def all_gather_object(obj: Any) -> List[Any]:
     return out
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if is_dist():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+def gather_object(obj: Any) -> Optional[List[Any]]:
+    """Every rank's `obj` in rank order on the main process (None on the others), as detectron2 gathers evaluation
+    results: only the main process holds them all."""
+    if not is_dist():
+        return [obj]
+    out = [None] * get_world_size() if is_main_process() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def sync_batchnorm(model: torch.nn.Module, device: torch.device, setting: str) -> torch.nn.Module:

@@ -1,23 +1,31 @@
 """What a training run does besides optimizing, as hooks on the loop (the pattern of detectron2's HookBase and
 mmengine's hooks): the trainer's loop knows *when* (after each update, at an epoch's end, after a checkpoint), each hook
 knows *what*. Every method receives the trainer, whose `iter` (updates done), `epoch`, `total_iters`, `by_iters`,
-models and `output_dir` say where the run is. Hooks run on every process, in the order given; what writes files
-checks `dist.is_main_process()` itself.
+models and `output_dir` say where the run is. Hooks run on every process, in the order of the trainer's list; what
+writes files checks `dist.is_main_process()` itself. A hook ends a run early with `trainer.request_stop(reason)`.
 
-The built-in hooks, in the order the trainer runs them: `WeightAverage` (EMA), `MetricLogger` (log.jsonl +
-TensorBoard, losses averaged over processes), `ProgressBar` (tqdm), `PeriodicCheckpointer`, `PeriodicEvaluator`.
+The hook list of a run (`build_hooks`, in this order): the built-in ones -- `WeightAverage` (EMA, when
+train.ema_decay > 0), `MetricLogger` (log.jsonl + TensorBoard, averaged over each window of updates and over
+processes), `ProgressBar` (tqdm), `PeriodicCheckpointer`, `PeriodicEvaluator` and `BestCheckpointer` (when the run
+evaluates; the latter when train.save_best names a metric) -- then the task's own hooks, then the hooks the config
+names (train.hooks, dotted import paths), then the hooks given through the Python API (`run_task(..., hooks=...)`).
 """
+import importlib
 import json
+import statistics
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+from ..config import ConfigError, to_dict
 from ..files import save_torch, write_text
 from . import dist
-from .checkpointing import EMA_NAME, TrainingError
+from .checkpointing import BEST_NAME, EMA_NAME, TrainingError
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -43,7 +51,7 @@ class Hook:
         """After the training checkpoint of `trainer.iter` is written."""
 
     def after_evaluate(self, trainer: "Trainer", metrics: Dict) -> None:
-        """After an evaluation (periodic or the final one)."""
+        """After an evaluation (periodic or the final one); `metrics` are the main process's, {} on the others."""
 
     def after_train(self, trainer: "Trainer") -> None:
         """After the last update and the final checkpoint, before the final evaluation."""
@@ -52,11 +60,13 @@ class Hook:
         """When the run ends, however it ends (release files and threads)."""
 
     def state_dict(self) -> Dict:
-        """What the hook adds to a training checkpoint (top-level keys)."""
+        """What the main process's hook keeps in a training checkpoint (under 'hooks', by the hook's class name);
+        {}: nothing."""
         return {}
 
-    def load_state_dict(self, checkpoint: Dict, path: Path) -> None:
-        """Resume the hook from a training checkpoint read from `path`."""
+    def load_state_dict(self, state: Optional[Dict], path: Path) -> None:
+        """Resume the hook from what it kept in the training checkpoint `path` (None: the file holds nothing of
+        it)."""
 
 
 def period_hit(trainer: "Trainer", period: int, epoch_end: bool) -> bool:
@@ -71,8 +81,8 @@ def period_hit(trainer: "Trainer", period: int, epoch_end: bool) -> bool:
 
 class WeightAverage(Hook):
     """Exponential moving average of the weights (timm's ModelEmaV3), updated after every optimizer update and
-    evaluated instead of the raw weights; saved in the checkpoint as 'model_ema' and, at the end, alone as
-    model_ema.pth for --eval-only. Off (train.ema_decay=0) in every published MAE recipe."""
+    evaluated instead of the raw weights; kept in the checkpoint and, at the end, written alone as model_ema.pth for
+    --eval-only. Off (train.ema_decay=0) in every published MAE recipe."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.averaged = ModelEmaV3(model, decay=decay)
@@ -91,10 +101,10 @@ class WeightAverage(Hook):
     def state_dict(self):
         return {"model_ema": self.module.state_dict()}
 
-    def load_state_dict(self, checkpoint, path):
-        if "model_ema" not in checkpoint:
+    def load_state_dict(self, state, path):
+        if not state or "model_ema" not in state:
             raise TrainingError(f"{path}: cannot resume: it has no EMA weights (its run had train.ema_decay=0)")
-        self.module.load_state_dict(checkpoint["model_ema"])
+        self.module.load_state_dict(state["model_ema"])
 
 
 def drop_records_after(log: Path, last_iter: int) -> None:
@@ -112,24 +122,42 @@ def drop_records_after(log: Path, last_iter: int) -> None:
     write_text(log, "".join(kept))
 
 
-def mean_over_processes(record: Dict[str, float]) -> Dict[str, float]:
+def mean_over_processes(records: List[Dict[str, float]]) -> Dict[str, float]:
     """Each value averaged over the processes that have it (as detectron2 and MAE log losses): a diagnostic that one
     process could not compute this update (no foreground sample) is averaged over the others."""
-    if dist.get_world_size() == 1:
-        return record
-    records = dist.all_gather_object(record)
     keys = list(dict.fromkeys(k for r in records for k in r))
     return {k: sum(r[k] for r in records if k in r) / sum(k in r for r in records) for k in keys}
 
 
+def summarize_window(updates: List[Dict[str, float]]) -> Dict[str, float]:
+    """One log record for a window of updates: the learning rate of the last update; every other value's mean over
+    the updates that have it, and for losses (names with 'loss') also `<name>_median`, the median detectron2's
+    printer shows, robust to one spike."""
+    out: Dict[str, float] = {}
+    for key in dict.fromkeys(k for u in updates for k in u):
+        values = [u[key] for u in updates if key in u]
+        if key == "lr":
+            out[key] = values[-1]
+            continue
+        out[key] = sum(values) / len(values)
+        if "loss" in key:
+            out[f"{key}_median"] = statistics.median(values)
+    out["window"] = len(updates)
+    return out
+
+
 class MetricLogger(Hook):
-    """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only: every `period` updates
-    and at the last, the update's learning rate and losses averaged over the processes; every evaluation's numbers
-    as eval/<name>. A resumed run first removes the records after its checkpoint's iteration (written before it was
-    stopped, or by an earlier run that this one overwrites) from both logs."""
+    """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only. Each update's learning
+    rate and losses are averaged over the processes (gathered to the main process after every update, as detectron2
+    does); every `period` updates and at the last, one record summarises the window of updates since the previous one
+    (`summarize_window`: means, medians of the losses, `window` = its number of updates). Every evaluation's numbers
+    are written as eval/<name>. The open window is kept in the checkpoint, so that a resumed run writes the records
+    of an uninterrupted one; a resumed run first removes the records after its checkpoint's iteration (written
+    before it was stopped, or by an earlier run that this one overwrites) from both logs."""
 
     def __init__(self, period: int):
         self.period = period
+        self.window: List[Dict[str, float]] = []
         self.jsonl = self.tb = None
 
     def before_train(self, trainer):
@@ -140,10 +168,14 @@ class MetricLogger(Hook):
             self.tb = SummaryWriter(str(trainer.output_dir / "tb"), purge_step=trainer.iter + 1)
 
     def after_update(self, trainer, record):
+        gathered = dist.gather_object({k: float(v) for k, v in record.items()})
+        if gathered is not None:
+            self.window.append(mean_over_processes(gathered))
         if trainer.iter % self.period and trainer.iter != trainer.total_iters:
             return
-        values = mean_over_processes({k: float(v) for k, v in record.items()})
-        self.log(trainer.iter, {"epoch": trainer.epoch, **values})
+        if self.window:
+            self.log(trainer.iter, {"epoch": trainer.epoch, **summarize_window(self.window)})
+        self.window = []
 
     def after_evaluate(self, trainer, metrics):
         self.log(trainer.iter, {"epoch": trainer.epoch, **{f"eval/{k}": v for k, v in metrics.items()
@@ -155,9 +187,15 @@ class MetricLogger(Hook):
         self.jsonl.write(json.dumps({"iter": step, **record}) + "\n")
         self.jsonl.flush()
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "epoch":
+            if isinstance(value, (int, float)) and key not in ("epoch", "window"):
                 self.tb.add_scalar(key, value, step)
         self.tb.flush()
+
+    def state_dict(self):
+        return {"window": list(self.window)}
+
+    def load_state_dict(self, state, path):
+        self.window = list(state["window"]) if state else []
 
     def close(self):
         if self.jsonl is not None:
@@ -223,10 +261,79 @@ class PeriodicEvaluator(PeriodicHook):
         trainer.evaluate()
 
 
-def default_hooks(trainer: "Trainer", averaged: Optional[WeightAverage]) -> List[Hook]:
+class BestCheckpointer(Hook):
+    """best.pth: the evaluated weights (the EMA's when the run keeps one) of the evaluation with the best `metric` so
+    far (detectron2's BestCheckpointer, mmengine's save_best), with the metric's name, value, iteration and epoch
+    under 'best', the config and the checkpoint's meta; --eval-only and predict.py take it. Higher is better unless
+    the metric's name has 'loss'. The best value so far is kept in the training checkpoint, so a resumed run goes on
+    comparing against it."""
+
+    def __init__(self, metric: str):
+        self.metric = metric
+        self.mode = "min" if "loss" in metric else "max"
+        self.best: Optional[Dict[str, Any]] = None
+
+    def after_evaluate(self, trainer, metrics):
+        if not dist.is_main_process():
+            return
+        value = metrics.get(self.metric)
+        if not isinstance(value, (int, float)):  # a warning, not an error: the run's other work is not lost
+            known = ", ".join(k for k, v in metrics.items() if isinstance(v, (int, float)))
+            print(f"warning: train.save_best={self.metric}: the evaluation has no such number (it has {known}); "
+                  f"no best.pth", file=sys.stderr)
+            return
+        if self.best is not None and not (value < self.best["value"] if self.mode == "min"
+                                          else value > self.best["value"]):
+            return
+        self.best = {"metric": self.metric, "value": float(value), "iter": trainer.iter, "epoch": trainer.epoch}
+        save_torch({"model": trainer.evaluation_model.state_dict(), "meta": trainer.checkpoint_meta,
+                    "config": to_dict(trainer.cfg), "best": self.best},
+                   trainer.output_dir / BEST_NAME)
+        print(f"{trainer.output_dir / BEST_NAME}: {self.metric} {value:g} at iteration {trainer.iter}")
+
+    def state_dict(self):
+        return {"best": self.best} if self.best else {}
+
+    def load_state_dict(self, state, path):
+        self.best = state.get("best") if state else None
+
+
+def build_hook(spec: Any) -> Hook:
+    """A hook the config names (train.hooks): a dotted import path of a Hook class ('pkg.module.MyHook'), or a
+    mapping with that path under 'type' and the constructor's keyword arguments."""
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec)
+    kwargs = dict(spec) if isinstance(spec, dict) else {}
+    path = kwargs.pop("type", None) if isinstance(spec, dict) else spec
+    if not isinstance(path, str) or "." not in path:
+        raise ConfigError(f"train.hooks: {spec!r} is not a dotted import path of a hook class (or a mapping with "
+                          f"'type': path)")
+    module_name, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"train.hooks: cannot import {path} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Hook)):
+        raise ConfigError(f"train.hooks: {path} is not a subclass of maetransfer.engine.Hook")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"train.hooks: {path}: {exc}") from None
+
+
+def default_hooks(trainer: "Trainer") -> List[Hook]:
+    """The built-in hooks, in their order (see the module's docstring)."""
     t = trainer.train_cfg
-    hooks: List[Hook] = [averaged] if averaged is not None else []
+    hooks: List[Hook] = [WeightAverage(trainer.model_without_ddp, float(t.ema_decay))] if t.ema_decay > 0 else []
     hooks += [MetricLogger(int(t.log_period)), ProgressBar(), PeriodicCheckpointer(int(t.checkpoint_period))]
     if trainer.evaluate_fn is not None:
         hooks.append(PeriodicEvaluator(int(t.eval_period)))
+        if t.save_best:
+            hooks.append(BestCheckpointer(str(t.save_best)))
     return hooks
+
+
+def build_hooks(trainer: "Trainer", task_hooks: Sequence[Hook] = (), hooks: Sequence[Hook] = ()) -> List[Hook]:
+    """A run's hook list: the built-in hooks, the task's, the config's train.hooks, then `hooks` (the Python API's)."""
+    configured = [build_hook(spec) for spec in trainer.train_cfg.hooks]
+    return [*default_hooks(trainer), *task_hooks, *configured, *hooks]

@@ -4,8 +4,9 @@ One optimizer update is one "iteration": the lr schedule, logging, checkpoint an
 Resuming is exact, also mid-epoch and with any num_workers: the sample order of an epoch depends only on (seed,
 epoch), each sample's augmentation is seeded from (seed, epoch, index) (`SeededSamples`), every epoch reseeds the
 training process's RNGs from (seed, epoch, rank), and a checkpoint also stores every process's RNG states and the
-position inside the epoch (`checkpointing`: what a checkpoint holds, its atomic writes and the checks of a resume
-file).
+position inside the epoch (`checkpointing.Checkpointer`: what a checkpoint holds, its atomic writes, history and
+pointer, and the checks of a resume file). Around the loop, everything else is a hook (`hooks`); a hook may end the
+run early (`request_stop`).
 
 A stop signal (preemption's SIGTERM, Slurm's time-limit warning USR1 / USR2) ends a run at the next update, the same
 one on every process, with its checkpoint written; a time-limit warning also requeues the Slurm job (`preemption`).
@@ -30,12 +31,11 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler
 
-from ..config import ConfigError, save_config, to_dict
+from ..config import ConfigError, save_config
 from ..files import remove_stale_temporaries
 from ..optim import base_lr, build_optimizer, lr_at
 from . import amp, dist, progress, slurm
-from .checkpointing import (CHECKPOINT_NAME, RunFolderLock, TrainingError, atomic_save, read_training_checkpoint,
-                            rng_state, set_rng_state, state_mismatch)
+from .checkpointing import Checkpointer, RunFolderLock, TrainingError, set_rng_state
 from .hooks import Hook, WeightAverage, default_hooks
 from .preemption import NO_STOP, STOP_AND_REQUEUE, RunStopped, ShieldedDataLoader, StopRequests
 
@@ -138,26 +138,27 @@ def _dataset_name(dataset: Dataset) -> str:
 
 class Trainer:
     """Runs `loss_fn(model, batch, device) -> (loss, {name: float or detached scalar tensor})` over `train_dataset`
-    with the `train` config. The loop counts optimizer updates and calls the hooks (`hooks`: logging, progress bar,
-    EMA, periodic checkpoints and evaluations, then `extra_hooks`) after each update and epoch.
+    with the `train` config. The loop counts optimizer updates and calls its hooks after each update and epoch
+    (`register_hooks`; a loop used on its own gets `hooks.default_hooks`: EMA, logging, progress bar, periodic
+    checkpoints and evaluations).
 
-    evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end.
-    extra_hooks: the caller's own hooks (e.g. pretraining's encoder export after each checkpoint).
+    evaluate_fn(model) -> {metric: value} runs on every rank at `eval_period` and at the end (the metrics are the
+    main process's; {} on the others).
     device: the device of a process that the task runner has set up (`setup_process`); without it the trainer sets
     up the process itself (a loop used on its own).
     stage: the `progress` stage that `fit` announces ('train', or 'pretrain' for MAE pretraining).
     data_name: the training data in messages (default: the dataset's folder or index file).
     checkpoint_meta: plain data every checkpoint carries under 'meta' (e.g. the class names, for prediction).
 
-    The training set's size and the `train.resume` checkpoint are checked, and the checkpoint is loaded, before
-    anything is written into the output dir.
+    The training set's size is checked when the trainer is built; `fit` first loads the `train.resume` checkpoint,
+    and only then writes into the output dir.
     """
 
     def __init__(self, cfg: DictConfig, model: nn.Module, param_groups: List[Dict], train_dataset: Dataset,
                  loss_fn: Callable, output_dir: Optional[str] = None, collate_fn: Optional[Callable] = None,
-                 evaluate_fn: Optional[Callable] = None, extra_hooks: Sequence[Hook] = (),
-                 find_unused_parameters: bool = False, stage: str = "train", data_name: Optional[str] = None,
-                 checkpoint_meta: Optional[Dict] = None, device: Optional[torch.device] = None):
+                 evaluate_fn: Optional[Callable] = None, find_unused_parameters: bool = False, stage: str = "train",
+                 data_name: Optional[str] = None, checkpoint_meta: Optional[Dict] = None,
+                 device: Optional[torch.device] = None):
         self.cfg, self.train_cfg, self.stage = cfg, cfg.train, stage
         self.device = device if device is not None else setup_process(cfg.train)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -167,13 +168,22 @@ class Trainer:
         if cfg.train.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
         self._plan_iterations(train_dataset, data_name)
-        averaged = self._build_model(model, param_groups, find_unused_parameters)
-        self.hooks: List[Hook] = [*default_hooks(self, averaged), *extra_hooks]
-        self.averaged = averaged
+        self._build_model(model, param_groups, find_unused_parameters)
+        self.checkpointer = Checkpointer(self.output_dir, int(cfg.train.keep_checkpoints))
+        self.hooks: List[Hook] = []
         self.last_checkpoint: Optional[tuple] = None  # (path, iteration) of the newest checkpoint of this run
         self.metrics: Dict = {}
-        self._maybe_resume()
-        self._claim_output_dir()
+        self._stop_reason: Optional[str] = None  # a hook's request to end the run early
+        self._open_hooks: List[Hook] = []
+
+    def register_hooks(self, hooks: Sequence[Hook]) -> None:
+        """Add `hooks` to the run, after those registered before (see `hooks.build_hooks` for a run's list)."""
+        self.hooks.extend(hooks)
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the current update as if it were the last one (final checkpoint and evaluation); any
+        process may ask, every process stops at the same update."""
+        self._stop_reason = reason
 
     # -- set-up ----------------------------------------------------------------------------------------------------
     def _plan_iterations(self, train_dataset: Dataset, data_name: Optional[str]) -> None:
@@ -197,10 +207,8 @@ class Trainer:
         self.peak_lr = base_lr(t, self.effective_batch)
         self.epoch, self.iter, self.batch_in_epoch = 0, 0, 0
 
-    def _build_model(self, model: nn.Module, param_groups: List[Dict],
-                     find_unused_parameters: bool) -> Optional[WeightAverage]:
-        """The model on its device (DDP-wrapped across processes), the optimizer, the fp16 loss scaler, the EMA of
-        the weights (when train.ema_decay > 0) and compilation; returns the EMA hook."""
+    def _build_model(self, model: nn.Module, param_groups: List[Dict], find_unused_parameters: bool) -> None:
+        """The model on its device (DDP-wrapped across processes), the optimizer and the fp16 loss scaler."""
         t = self.train_cfg
         self.model_without_ddp = model.to(self.device)
         self.model = model
@@ -209,14 +217,15 @@ class Trainer:
                                                  else None, find_unused_parameters=find_unused_parameters)
         self.optimizer = build_optimizer(t, param_groups)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        averaged = WeightAverage(self.model_without_ddp, float(t.ema_decay)) if t.ema_decay > 0 else None
+
+    def _compile(self) -> None:
+        """torch.compile as train.compile says. nn.Module.compile works in place (after the EMA hook's deep copy):
+        parameter names, checkpoints and DDP stay as they are, and evaluation runs compiled too. A model may compile
+        only its part that has no graph breaks (MaskRCNN: its backbone). Under DDP the backward is one compiled
+        graph, so gradients are all-reduced after it rather than overlapped with it."""
+        t = self.train_cfg
         if t.compile:
-            # nn.Module.compile works in place (after the EMA's deep copy): parameter names, checkpoints and DDP stay
-            # as they are, and evaluation runs compiled too. A model may compile only its part that has no graph
-            # breaks (MaskRCNN: its backbone). Under DDP the backward is one compiled graph, so gradients are
-            # all-reduced after it rather than overlapped with it.
             self.model_without_ddp.compile(mode=None if t.compile is True else str(t.compile))
-        return averaged
 
     def _claim_output_dir(self) -> None:
         """Create the output dir and, on the main process, lock it for this run, remove what killed writers left
@@ -231,22 +240,16 @@ class Trainer:
     @property
     def evaluation_model(self) -> nn.Module:
         """The weights that are evaluated: their EMA when the run keeps one."""
-        return self.averaged.module if self.averaged is not None else self.model_without_ddp
+        averaged = next((h for h in self.hooks if isinstance(h, WeightAverage)), None)
+        return averaged.module if averaged is not None else self.model_without_ddp
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_path(self) -> Path:
-        return self.output_dir / CHECKPOINT_NAME
+        return self.checkpointer.path
 
     def save_checkpoint(self) -> None:
-        rng = dist.all_gather_object(rng_state())  # every process's own: each draws its own dropout and masks
-        if dist.is_main_process():
-            state = {"model": self.model_without_ddp.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iter": self.iter,
-                     "batch_in_epoch": self.batch_in_epoch, "rng": rng, "config": to_dict(self.cfg),
-                     "meta": self.checkpoint_meta}
-            for hook in self.hooks:
-                state.update(hook.state_dict())
-            atomic_save(state, self.checkpoint_path())
+        """The training checkpoint of this moment (`Checkpointer`), then the hooks' after_checkpoint."""
+        self.checkpointer.save(self)
         for hook in self.hooks:
             hook.after_checkpoint(self)
         dist.barrier()
@@ -255,20 +258,7 @@ class Trainer:
     def resume(self, path) -> None:
         """Continue the run that wrote `path`: weights, optimizer, hooks (EMA), position and every process's RNGs."""
         path = Path(path)
-        ckpt = read_training_checkpoint(path)
-        mismatch = state_mismatch(ckpt["model"], self.model_without_ddp.state_dict())
-        if mismatch:
-            raise TrainingError(f"{path}: cannot resume: its weights are another model's: {mismatch}")
-        try:
-            self.model_without_ddp.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            for hook in self.hooks:
-                hook.load_state_dict(ckpt, path)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrainingError(f"{path}: cannot resume: its optimizer or weights do not fit this run ({first})") \
-                from None
+        ckpt = self.checkpointer.load(self, path)
         self.epoch, self.iter, self.batch_in_epoch = ckpt["epoch"], ckpt["iter"], ckpt["batch_in_epoch"]
         rng = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # older files: one process's state
         self._resume_rng = rng[self.rank] if len(rng) == self.world_size else None
@@ -285,7 +275,7 @@ class Trainer:
         self._resume_rng = None
         target = self.train_cfg.resume
         if target == "auto":
-            target = self.checkpoint_path() if self.checkpoint_path().is_file() else ""
+            target = self.checkpointer.latest() or ""
         if target:
             self.resume(target)
 
@@ -305,11 +295,19 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def fit(self) -> Dict:
+        """Train: load train.resume, claim the output dir, run the loop with its hooks, write the final checkpoint
+        and evaluate; returns the final metrics (the main process's; {} on the others)."""
+        if not self.hooks:
+            self.register_hooks(default_hooks(self))
+        self._compile()
+        self._maybe_resume()
+        self._claim_output_dir()
         self.model.train()
         start_time = time.time()
         progress.begin_stage(self.stage, f"{self.total_iters} iterations of {self.effective_batch} images "
                              f"({self.num_epochs} epoch{'s' * (self.num_epochs != 1)}) into {self.output_dir}"
                              + (f", from iteration {self.iter}" if self.iter else ""))
+        self._open_hooks = list(self.hooks)
         try:
             with StopRequests() as self._stop:
                 for hook in self.hooks:
@@ -323,11 +321,11 @@ class Trainer:
                           f"{progress.format_duration(time.time() - start_time)}; checkpoint {self.checkpoint_path()}")
                 self._stop_if_asked()  # the final evaluation then runs in the requeued job
                 if self.evaluate_fn is not None:
-                    weights = "EMA of the weights" if self.averaged is not None else "model"
+                    weights = "model" if self.evaluation_model is self.model_without_ddp else "EMA of the weights"
                     progress.begin_stage("evaluate", f"the final {weights} on the validation set")
                 return self.evaluate()
         except RunStopped as stopped:
-            self._close_hooks()
+            self._close_hooks()  # the bar ends before the announcement
             self._announce_stop(stopped)
             raise
         finally:
@@ -336,12 +334,15 @@ class Trainer:
                 self._folder_lock.release()
 
     def _close_hooks(self) -> None:
-        for hook in self.hooks:
+        """Close every hook once (a second call finds them closed and does nothing)."""
+        hooks, self._open_hooks = self._open_hooks, []
+        for hook in hooks:
             hook.close()
 
     def _train_loop(self) -> None:
         accum = int(self.train_cfg.accum_iter)
-        while self.iter < self.total_iters:
+        ended_early = False
+        while self.iter < self.total_iters and not ended_early:
             if self._resume_rng is not None and self.batch_in_epoch > 0:
                 set_rng_state(self._resume_rng)  # continue mid-epoch exactly where the checkpoint was taken
             else:
@@ -367,7 +368,9 @@ class Trainer:
                 pending = {}
                 if self.iter >= self.total_iters:
                     break
-                self._stop_if_asked()
+                ended_early = self._stop_if_asked()
+                if ended_early:
+                    break
             if self.batch_in_epoch >= self.iters_per_epoch * accum:
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -428,17 +431,25 @@ class Trainer:
                              f"(try train.amp=bf16 or a lower lr)")
 
     # -- stop signals --------------------------------------------------------------------------------------------
-    def _stop_if_asked(self) -> None:
+    def _stop_if_asked(self) -> bool:
         """At an iteration boundary: when any process got a stop signal, all of them write the checkpoint (unless it
-        was just written) and raise RunStopped."""
-        if dist.any_process(self._stop.code != NO_STOP):
-            requests = dist.all_gather_object((self._stop.code, self._stop.signal_name))
-            code, name = max(requests)
-            if self.last_checkpoint != (self.checkpoint_path(), self.iter):
-                self.save_checkpoint()
-            job = slurm.job_id() if code == STOP_AND_REQUEUE else None
-            raise RunStopped(f"stopped by {name} at iteration {self.iter} of {self.total_iters}; checkpoint "
-                             f"{self.checkpoint_path()} written", name, str(self.checkpoint_path()), requeue_job=job)
+        was just written) and raise RunStopped; when a hook on any process asked to end the run early
+        (`request_stop`), all of them return True and the run ends as at its last update."""
+        signalled = self._stop.code != NO_STOP
+        if not dist.any_process(signalled or self._stop_reason is not None):
+            return False  # one small all-reduce a boundary; the details only when something asked
+        if not dist.any_process(signalled):
+            reason = next(r for r in dist.all_gather_object(self._stop_reason) if r is not None)
+            if dist.is_main_process():
+                print(f"ending the run early at iteration {self.iter} of {self.total_iters}: {reason}", flush=True)
+            return True
+        requests = dist.all_gather_object((self._stop.code, self._stop.signal_name))
+        code, name = max(requests)
+        if self.last_checkpoint != (self.checkpoint_path(), self.iter):
+            self.save_checkpoint()
+        job = slurm.job_id() if code == STOP_AND_REQUEUE else None
+        raise RunStopped(f"stopped by {name} at iteration {self.iter} of {self.total_iters}; checkpoint "
+                         f"{self.checkpoint_path()} written", name, str(self.checkpoint_path()), requeue_job=job)
 
     def _announce_stop(self, stopped: RunStopped) -> None:
         """Say where the run stopped and how it goes on; requeue the Slurm job when a time-limit warning stopped it."""

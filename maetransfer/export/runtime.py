@@ -16,12 +16,12 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from ..errors import InputError
+from ..tasks import TASK_NAMES
 from .graphs import GRAPHS
 
 META_KEY = "maetransfer"
 META_VERSION = 1
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-TASK_NAMES = {"det": "detection", "seg": "segmentation", "cls": "classification"}
 
 
 class ExportError(InputError, ValueError):

@@ -1,13 +1,13 @@
-"""What the three task predictors share: which task a config describes, the device, reading a checkpoint once for
+"""What the three task predictors share: the predictor of the task a config declares, the device, reading a checkpoint once for
 its class count and names, images in any form, the class names a model's labels stand for, and the files a run of
 tools/predict.py writes."""
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from ..checkpoint import CheckpointError, StateDict, read_raw, unwrap_state
@@ -17,11 +17,8 @@ from ..data.images import print_warning
 from ..engine.amp import AMP_DTYPES, autocast
 from ..errors import InputError
 from ..export.runtime import check_config, is_exported, open_exported
+from ..tasks import TASK_NAMES, declared_task, task_spec
 from ..zoo import resolve
-
-# A key only the task's recipes have (configs/{det,seg,cls}/base.yaml): the config says which task it is.
-TASK_KEYS = {"det": "model.anchor_sizes", "seg": "model.pool_scales", "cls": "model.global_pool"}
-TASK_NAMES = {"det": "detection", "seg": "segmentation", "cls": "classification"}
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -31,12 +28,17 @@ class ClassNamesError(InputError, ValueError):
 
 
 def task_of(cfg: DictConfig, source: str = "config") -> str:
-    """'det', 'seg' or 'cls': the task whose recipe `cfg` is."""
-    for task, key in TASK_KEYS.items():
-        if OmegaConf.select(cfg, key) is not None:
-            return task
-    raise ConfigError(f"{source}: not a detection, segmentation or classification recipe (configs/det, configs/seg, "
-                      "configs/cls or a run's config.yaml); pretraining has no predictor")
+    """The name of the task that `cfg` declares ('det', 'seg' or 'cls'), one with a predictor."""
+    spec = declared_task(cfg, source)
+    if not spec.predictor:
+        raise ConfigError(f"{source}: a {spec.noun} recipe; only a detection, segmentation or classification model "
+                          "predicts")
+    return spec.name
+
+
+def predictor_class(task: str) -> Type["Predictor"]:
+    """The Predictor of `task` (the task table's)."""
+    return task_spec(task).load("predictor")
 
 
 def checkpoint_task(state: StateDict) -> Optional[str]:
@@ -120,7 +122,7 @@ class Predictor(ABC):
         predictor (det: score_thresh, seg: opacity, cls: topk)."""
         cfg = config if isinstance(config, DictConfig) else load_config(config)
         task = task_of(cfg, "config" if isinstance(config, DictConfig) else str(config))
-        predictor = {c.task: c for c in Predictor.__subclasses__()}[task]
+        predictor = predictor_class(task)
         if cls is not Predictor and cls is not predictor:
             raise ConfigError(f"{config}: a {TASK_NAMES[task]} recipe, not one for {cls.__name__}")
         path = str(resolve(checkpoint, unsafe))

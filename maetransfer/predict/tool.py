@@ -17,7 +17,8 @@ from ..cli import check_writable_folder, prepare_output, run_tool
 from ..data.images import DatasetError, MissingFileError
 from ..engine import progress
 from ..errors import InputError
-from .base import TASK_NAMES, Predictor, to_image
+from ..tasks import TASK_NAMES
+from .base import Predictor, predictor_class, to_image
 
 # (file, its name relative to the folder it was found in, or its file name when given directly)
 Found = List[Tuple[Path, str]]
@@ -141,13 +142,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg, task: st
         if value is not None and task != wanted:
             parser.exit(2, f"error: {option} applies to {TASK_NAMES[wanted]} recipes; {args.config} is a "
                            f"{TASK_NAMES[task]} recipe\n")
-    predictor_class = {c.task: c for c in Predictor.__subclasses__()}[task]
+    task_predictor = predictor_class(task)
     found, skipped = run_tool(parser, lambda: find_images(args.inputs))
     if skipped:
         what = "files that are not images" if skipped > 1 else "file that is not an image"
         print(f"skipped {skipped} {what} (by the extension)")
     out = Path(args.output)
-    prepare_output(parser, lambda: check_outputs(out, found, predictor_class, args.overwrite))
+    prepare_output(parser, lambda: check_outputs(out, found, task_predictor, args.overwrite))
     options = {"score_thresh": args.score_thresh} if args.score_thresh is not None else {}
     options.update({"topk": args.topk} if args.topk is not None else {})
 
@@ -160,6 +161,6 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg, task: st
     records = run_tool(parser, predict)
     took = progress.format_duration(time.time() - start)
     print(f"{len(found)} image{'s' * (len(found) > 1)} predicted in {took}: pictures and "
-          f"{', '.join(predictor_class.summary_files)} in {out}")
+          f"{', '.join(task_predictor.summary_files)} in {out}")
     return records
 

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..engine.progress import STAGE_TITLES, format_duration
 from ..files import atomic_write, write_text
-from .results import (TASKS, curves, metric_title, per_class, pretraining_folder, read_log, read_metrics,
+from ..tasks import TOOLS
+from .results import (curves, metric_title, per_class, pretraining_folder, read_log, read_metrics,
                       reconstructions, samples)
 from .runner import DONE, FAILED, NO_RECIPE, PENDING, SKIPPED, Job, read_record, wall_seconds
 from .suite import Encoder, Suite
@@ -109,10 +110,10 @@ def _curve_figure(views: List[JobView], encoders: List[Encoder], path: Path) -> 
     series = {view.job.encoder.label: curves(read_log(view.job.output_dir)) for view in views}
     # training: the loss, its parts and the learning rate (not the tools' other statistics, such as sampled RoI
     # counts); evaluations: the loss and the metrics of the task's table (not counts such as eval/num_images)
-    shown_evals = {"eval/loss", *(f"eval/{key.replace('.', '/')}" for key, _ in TASKS[views[0].job.spec.tool].metrics)}
+    shown_evals = {"eval/loss", *(f"eval/{key.replace('.', '/')}" for key, _ in TOOLS[views[0].job.spec.tool].metrics)}
     keys = sorted({k for s in series.values() for k in s},
                   key=lambda k: (k.startswith("eval/"), k == "lr", k != "loss", k))
-    keys = [k for k in keys if k == "lr" or ("loss" in k and not k.startswith("eval/"))
+    keys = [k for k in keys if k == "lr" or ("loss" in k and not k.startswith("eval/") and not k.endswith("_median"))
             or k in shown_evals and any(len(s.get(k, [])) > 1 for s in series.values())]
     if not keys:
         return None
@@ -280,7 +281,7 @@ def _run_blocks(view: JobView) -> list:
 
 
 def _task_table(tool: str, rows: List[List[JobView]], encoders: List[Encoder]) -> list:
-    task = TASKS[tool]
+    task = TOOLS[tool]
     first = encoders[0].label
     has_paper = any(views[0].job.spec.reference for views in rows)
     header = ["row", "encoder", *[title for _, title in task.metrics]]

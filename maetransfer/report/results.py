@@ -4,38 +4,17 @@ run an encoder came from."""
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..cli import TOOL_DEFAULTS
 from ..config import load_config
+from ..tasks import TOOLS
 from .suite import DEMO_ENCODER, Encoder
 
 
-@dataclass(frozen=True)
-class Task:
-    """How the report shows one tool's results: the metrics.json entries of its table (dotted for nested ones,
-    with their titles), the headline ones that get deltas, and its section title."""
-    title: str
-    metrics: Tuple[Tuple[str, str], ...]
-    headline: Tuple[str, ...]
-
-
-TASKS: Dict[str, Task] = {
-    "train_det": Task("Object detection and instance segmentation (Mask R-CNN)",
-                      (("bbox.AP", "box AP"), ("bbox.AP50", "box AP50"), ("bbox.AP75", "box AP75"),
-                       ("segm.AP", "mask AP"), ("segm.AP50", "mask AP50"), ("segm.AP75", "mask AP75")),
-                      ("bbox.AP", "segm.AP")),
-    "train_seg": Task("Semantic segmentation (UperNet)", (("mIoU", "mIoU"), ("mAcc", "mAcc"), ("aAcc", "aAcc")),
-                      ("mIoU",)),
-    "train_cls": Task("Classification", (("top1", "top-1"), ("top5", "top-5"), ("mean_class_acc", "mean per-class")),
-                      ("top1",)),
-}
-
-
 def metric_title(tool: str, key: str) -> str:
-    return dict(TASKS[tool].metrics).get(key, key)
+    return dict(TOOLS[tool].metrics).get(key, key)
 
 
 def flatten(metrics: Dict, prefix: str = "") -> Dict[str, Optional[float]]:
@@ -100,18 +79,26 @@ def _float(text) -> Optional[float]:
 
 
 def per_class(tool: str, output_dir: Path) -> Dict[str, Dict[str, Optional[float]]]:
-    """{result name: {class: value}}: detection's per-category box and mask AP (metrics.json 'AP-<name>'),
-    segmentation's per-class IoU (metrics.json per_class), classification's per-class accuracy
-    (per_class_accuracy.csv)."""
-    output_dir = Path(output_dir)
-    if tool == "train_det":
-        metrics = read_json(output_dir / "metrics.json") or {}
-        return {f"{title} per category": {k[3:]: _float(v) for k, v in metrics.get(part, {}).items()
-                                         if k.startswith("AP-")}
-                for part, title in (("bbox", "box AP"), ("segm", "mask AP")) if part in metrics}
-    if tool == "train_seg":
-        rows = (read_json(output_dir / "metrics.json") or {}).get("per_class") or []
-        return {"IoU per class": {str(row.get("class")): _float(row.get("IoU")) for row in rows}} if rows else {}
+    """{result name: {class: value}} of a job of `tool`, by the reader its task declares (tasks.TaskSpec.per_class)."""
+    return TOOLS[tool].load("per_class")(Path(output_dir))
+
+
+def detection_per_class(output_dir: Path) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per-category box and mask AP (metrics.json 'AP-<name>')."""
+    metrics = read_json(output_dir / "metrics.json") or {}
+    return {f"{title} per category": {k[3:]: _float(v) for k, v in metrics.get(part, {}).items()
+                                     if k.startswith("AP-")}
+            for part, title in (("bbox", "box AP"), ("segm", "mask AP")) if part in metrics}
+
+
+def segmentation_per_class(output_dir: Path) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per-class IoU (metrics.json per_class)."""
+    rows = (read_json(output_dir / "metrics.json") or {}).get("per_class") or []
+    return {"IoU per class": {str(row.get("class")): _float(row.get("IoU")) for row in rows}} if rows else {}
+
+
+def classification_per_class(output_dir: Path) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per-class accuracy (per_class_accuracy.csv)."""
     try:
         with open(output_dir / "per_class_accuracy.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -121,19 +108,17 @@ def per_class(tool: str, output_dir: Path) -> Dict[str, Dict[str, Optional[float
 
 
 def samples(tool: str, output_dir: Path, count: int = 2) -> List[Path]:
-    """Pictures of the job's results: detections, segmentation triptychs, the confusion matrix."""
-    output_dir = Path(output_dir)
-    found = {"train_det": [output_dir / "predictions.png"],
-             "train_seg": sorted((output_dir / "vis").glob("*.png"))[:count],
-             "train_cls": [output_dir / "confusion_matrix.png"]}[tool]
-    return [p for p in found if p.is_file()]
+    """Pictures of the job's results (the task's `pictures`: detections, segmentation triptychs, the confusion
+    matrix), at most `count` of each kind."""
+    return [p for pattern in TOOLS[tool].pictures for p in sorted(Path(output_dir).glob(pattern))[:count]
+            if p.is_file()]
 
 
 def pretraining_folder(encoder: Encoder) -> Optional[Path]:
     """The output folder of the MAE pretraining that an encoder came from, when the report can tell: the demo
     pretraining for `demo`, and for a file the folder it sits in when that is a pretraining run (reconstructions/)."""
     if encoder.spec == DEMO_ENCODER:
-        return Path(load_config(TOOL_DEFAULTS["pretrain"][0]).train.output_dir)
+        return Path(load_config(TOOL_DEFAULTS["pretrain_mae"][0]).train.output_dir)
     if not encoder.spec:
         return None
     folder = Path(encoder.spec).parent

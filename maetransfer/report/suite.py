@@ -33,10 +33,11 @@ from ..checkpoint import read_checkpoint
 from ..config import CONFIG_ROOT
 from ..engine.submission import JobResources
 from ..errors import InputError
+from ..tasks import TOOLS
 
 SUITE_ROOT = CONFIG_ROOT / "report"
 PAPER_RESULTS = SUITE_ROOT / "paper_results.yaml"
-TRANSFER_TOOLS = ("train_det", "train_seg", "train_cls")
+TRANSFER_TOOLS = tuple(tool for tool, spec in TOOLS.items() if spec.transfers)
 DEMO_ENCODER = "demo"  # the tools' train.init_checkpoint value for the demo-pretrained encoder (pretrain/demo.py)
 NO_REFERENCE = "none"
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from ..cli import check_writable_folder, command_output_dir
 from ..engine.progress import format_duration
 from ..errors import InputError
+from ..tasks import TOOLS
 from .render import JobView, collect, write_report
-from .results import TASKS
 from .runner import (DONE, FAILED, QUEUED, RUNNING, StopRequested, Job, check_same_command, job_state, plan,
                      read_record, run_local, submit_slurm, wait_for_earlier_process)
 from .suite import (RESOURCE_KEYS, Encoder, Suite, SuiteError, check_encoder, check_encoders, load_suite,
@@ -36,7 +36,7 @@ def slurm_settings(items: List[str]) -> Dict:
 def _result_text(view: JobView) -> str:
     if view.state != DONE:
         return "" if view.status() == view.state else view.status()
-    task = TASKS[view.job.spec.tool]
+    task = TOOLS[view.job.spec.tool]
     titles = dict(task.metrics)
     found = [(titles[k], view.metrics.get(k)) for k in task.headline] if view.metrics else []
     return "  ".join(f"{t} {v:.2f}" for t, v in found if v is not None) or "done, no metrics.json"

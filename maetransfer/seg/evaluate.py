@@ -1,20 +1,18 @@
-"""Evaluation over a data set: per-image inference at the original size, mIoU accumulation (all-reduced across
-processes), the per-class table, and PNGs of image / ground truth / prediction."""
+"""Evaluation over a data set: per-image inference at the original size, mIoU accumulation, the per-class table, and
+PNGs of image / ground truth / prediction."""
+import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import Subset
-from tqdm import tqdm
 
 from ..drawing import display_size, draw_legend, draw_tag, font, font_size, resize_for_display, side_by_side, tile
-from ..engine import ShieldedDataLoader, dist
-from ..engine.amp import autocast
-from ..files import atomic_write
+from ..engine import DatasetEvaluator, dist
+from ..files import atomic_write, write_text
 from .inference import predict
-from .metric import SegMetric
+from .metric import SegMetric, format_table
 from .visualize import class_colours, colorize
 
 
@@ -42,37 +40,50 @@ def save_visualization(path: Path, image: np.ndarray, label: np.ndarray, pred: n
     atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
 
 
-def _single(batch: List[Dict]) -> Dict:
-    return batch[0]
+class SegEvaluator(DatasetEvaluator):
+    """mIoU / mAcc / aAcc and per-class IoU / Acc (mmseg's IoUMetric) over a data set of uint8 images and labels at
+    their original size (`engine.inference_on_dataset` runs it): each image goes through the evaluation's inference
+    (`seg.inference.predict`: resize to the (long, short) bound `scale`, whole or sliding-window, flips and scales
+    as `eval_cfg` says), the areas of every process are added up on the main process, which writes metrics.json and
+    prints the per-class table. The main process also writes image / ground truth / prediction PNGs of its first
+    `eval_cfg.num_vis` images into `output_dir`/vis."""
 
+    @staticmethod
+    def collate_fn(batch: List[Dict]) -> Dict:
+        return batch[0]  # one image at a time, at its own size
 
-@torch.no_grad()
-def evaluate_segmentation(model, dataset, eval_cfg, class_names: Sequence[str], scale: Sequence[int],
-                          mean: Sequence[float], std: Sequence[float], device: torch.device, ignore_index: int = 255,
-                          vis_dir: Optional[Path] = None, amp: str = "none") -> Dict:
-    """mIoU / mAcc / aAcc and per-class IoU / Acc of `model` on `dataset` (samples of uint8 images and labels at
-    their original size; images are resized to the (long, short) bound `scale` for inference). Each process evaluates every world_size-th image; the areas are summed across processes.
-    The main process writes `eval_cfg.num_vis` PNGs into `vis_dir`."""
-    was_training = model.training
-    model.eval()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    indices = list(range(rank, len(dataset), world))
-    if eval_cfg.max_images > 0:
-        indices = indices[: -(-int(eval_cfg.max_images) // world)]
-    loader = ShieldedDataLoader(Subset(dataset, indices), batch_size=1, num_workers=int(eval_cfg.num_workers),
-                                collate_fn=_single)
-    metric = SegMetric(len(class_names), class_names, ignore_index, device)
-    mixed_precision = autocast(device.type, amp)
-    shown: List[str] = []
-    for sample in tqdm(loader, desc="eval", disable=not dist.is_main_process(), dynamic_ncols=True):
-        image, label = sample["image"].to(device), sample["label"].to(device)
-        with mixed_precision:
-            scores = predict(model, image, eval_cfg, scale, mean, std)
-        pred = scores.argmax(0)
-        metric.update(pred, label)
-        if vis_dir is not None and dist.is_main_process() and len(shown) < int(eval_cfg.num_vis):
-            save_visualization(Path(vis_dir) / f"{sample['name']}.png", image.permute(1, 2, 0).cpu().numpy(),
-                               label.cpu().numpy(), pred.cpu().numpy(), class_names, ignore_index)
-            shown.append(sample["name"])
-    model.train(was_training)
-    return metric.compute()
+    def __init__(self, dataset, eval_cfg, class_names: Sequence[str], scale: Sequence[int], mean: Sequence[float],
+                 std: Sequence[float], output_dir, ignore_index: int = 255):
+        self.dataset, self.eval_cfg, self.class_names = dataset, eval_cfg, list(class_names)
+        self.scale, self.mean, self.std, self.ignore_index = tuple(scale), tuple(mean), tuple(std), ignore_index
+        self.output_dir = Path(output_dir)
+        self.reset()
+
+    def reset(self):
+        self.metric = SegMetric(len(self.class_names), self.class_names, self.ignore_index)
+        self.shown = 0
+
+    def forward(self, model, inputs, device):
+        return predict(model, inputs["image"].to(device), self.eval_cfg, self.scale, self.mean, self.std).argmax(0)
+
+    def process(self, inputs, outputs):
+        self.metric.update(outputs, inputs["label"])
+        if dist.is_main_process() and self.shown < int(self.eval_cfg.num_vis):
+            save_visualization(self.output_dir / "vis" / f"{inputs['name']}.png",
+                               inputs["image"].permute(1, 2, 0).numpy(), inputs["label"].numpy(),
+                               outputs.cpu().numpy(), self.class_names, self.ignore_index)
+            self.shown += 1
+
+    def local_results(self):
+        return self.metric.areas
+
+    def merge(self, parts):
+        self.metric.areas = sum(parts[1:], parts[0].clone())
+
+    def evaluate(self) -> Dict:
+        results = self.metric.compute()
+        write_text(self.output_dir / "metrics.json", json.dumps(results, indent=2) + "\n")
+        print(format_table(results["per_class"]))
+        print(f"mIoU {results['mIoU']}  mAcc {results['mAcc']}  aAcc {results['aAcc']}  "
+              f"({len(self.class_names)} classes)")
+        return results

@@ -10,8 +10,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..engine.dist import all_reduce_sum
-
 
 def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
                         ignore_index: int = 255) -> torch.Tensor:
@@ -38,7 +36,8 @@ def areas_to_metrics(areas: torch.Tensor) -> Dict[str, np.ndarray]:
 
 
 class SegMetric:
-    """Accumulates areas over a data set; `compute()` all-reduces them across processes (DDP) and summarises."""
+    """Accumulates areas over a data set (`update`; the areas of several processes add up: `areas`) and summarises
+    them (`compute`)."""
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None, ignore_index: int = 255,
                  device="cpu"):
@@ -55,8 +54,7 @@ class SegMetric:
 
     def compute(self) -> Dict:
         """{'mIoU', 'mAcc', 'aAcc'} in percent rounded to 2 decimals (as mmseg) and 'per_class' IoU/Acc (NaN -> None)."""
-        areas = all_reduce_sum(self.areas.clone())
-        m = areas_to_metrics(areas)
+        m = areas_to_metrics(self.areas)
         with np.errstate(invalid="ignore"):
             summary = {"aAcc": _pct(m["aAcc"]), "mIoU": _pct(np.nanmean(m["IoU"])), "mAcc": _pct(np.nanmean(m["Acc"]))}
         per_class = [{"class": name, "IoU": _pct(i), "Acc": _pct(a)}

@@ -1,5 +1,4 @@
 """Segmentation transfer run: ADE20K-layout data + UperNet on the shared engine, then mIoU evaluation."""
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -7,14 +6,12 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from ..checkpoint import CheckpointError, load_encoder_state, load_into, read_checkpoint
+from ..checkpoint import CheckpointError, compare_state, load_encoder_state, load_into, read_checkpoint
 from ..config import ConfigError
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
-from ..engine import Task, dist, model_device, run_task
-from ..files import write_text
+from ..engine import Task, run_task
 from ..optim import param_groups
-from .evaluate import evaluate_segmentation
-from .metric import format_table
+from .evaluate import SegEvaluator
 from .segmentor import EncoderDecoder, build_segmentor
 
 
@@ -43,28 +40,23 @@ def load_segmentor(model: EncoderDecoder, path: str, unsafe: bool = False) -> No
     rest = {**{f"neck.{k}": v for k, v in ckpt.neck.items()}, **ckpt.other}
     target = {k: v for k, v in model.state_dict().items() if not k.startswith(("backbone.", "auxiliary_head."))}
     rest = {k: v for k, v in rest.items() if not k.startswith("auxiliary_head.")}
-    missing = sorted(set(target) - set(rest))
-    unexpected = sorted(set(rest) - set(target))
-    if missing or unexpected:
+    diff = compare_state(rest, target)
+    if diff.missing or diff.unexpected:
+        missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
         raise CheckpointError(f"{path}: not a segmentor of this config ({len(missing)} tensors missing, e.g. "
                               f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})")
-    for k, v in rest.items():
-        if v.shape != target[k].shape:
-            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)} but the model expects "
-                                  f"{tuple(target[k].shape)} (another model.num_classes / channels?)")
+    if diff.reshaped:
+        k = diff.reshaped[0]
+        raise CheckpointError(f"{path}: {k} has shape {tuple(rest[k].shape)} but the model expects "
+                              f"{tuple(target[k].shape)} (another model.num_classes / channels?)")
     model.load_state_dict(rest, strict=False)
-
-
-def write_metrics(metrics: Dict, names: List[str], output_dir: Path) -> None:
-    write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    print(format_table(metrics["per_class"]))
-    print(f"mIoU {metrics['mIoU']}  mAcc {metrics['mAcc']}  aAcc {metrics['aAcc']}  ({len(names)} classes)")
 
 
 class SegmentationTask(Task):
     """ADE20K-layout data, UperNet, mIoU; results: the metrics written to <output_dir>/metrics.json."""
 
     name = "seg"
+    input_errors = (ValueError,)  # a label map with values outside the classes (seg.metric)
 
     def __init__(self, cfg: DictConfig):
         super().__init__(cfg)
@@ -102,14 +94,10 @@ class SegmentationTask(Task):
     def loss_fn(self):
         return SegLoss()
 
-    def evaluate(self, model: nn.Module) -> Dict:
-        cfg, output_dir = self.cfg, Path(self.cfg.train.output_dir)
-        self.results = evaluate_segmentation(model, self.val_set, cfg.eval, self.names, tuple(cfg.data.scale),
-                                             tuple(cfg.data.mean), tuple(cfg.data.std), model_device(model),
-                                             self.ignore, vis_dir=output_dir / "vis", amp=cfg.eval.amp)
-        if dist.is_main_process():
-            write_metrics(self.results, self.names, output_dir)
-        return self.results
+    def build_evaluator(self) -> SegEvaluator:
+        cfg = self.cfg
+        return SegEvaluator(self.val_set, cfg.eval, self.names, cfg.data.scale, cfg.data.mean, cfg.data.std,
+                            cfg.train.output_dir, self.ignore)
 
     def trainer_options(self) -> Dict:
         return {"collate_fn": collate_train, "checkpoint_meta": {"class_names": self.names}}  # for tools/predict.py

@@ -1,34 +1,21 @@
 #!/usr/bin/env python
 """MAE pretraining. With no arguments: the CPU demo (generated scenes, a few minutes on 2 cores).
 
-  python tools/pretrain.py --config configs/pretrain/mae_vit_base.yaml data.root=/data/imagenet/train
-  torchrun --nproc_per_node 8 tools/pretrain.py --config configs/pretrain/mae_vit_large.yaml train.accum_iter=8
+  python tools/pretrain_mae.py --config configs/pretrain/mae_vit_base.yaml data.root=/data/imagenet/train
+  torchrun --nproc_per_node 8 tools/pretrain_mae.py --config configs/pretrain/mae_vit_large.yaml train.accum_iter=8
 """
-import sys
-from pathlib import Path
-
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]  # the folder of this script, where tools/pretrain.py would shadow the pretrain package
-
 from maetransfer.cli import TOOL_DEFAULTS, check_output_dir, parse_config, prepare_output, run_tool, tool_parser
 
 
 def main(argv=None):
-    demo_config, output_root = TOOL_DEFAULTS["pretrain"]
+    demo_config, output_root = TOOL_DEFAULTS["pretrain_mae"]
     parser = tool_parser(__doc__, demo_config, output_root=output_root)
-    _, cfg = parse_config(parser, argv, "pretrain")
+    _, cfg = parse_config(parser, argv, "pretrain_mae")
     prepare_output(parser, lambda: check_output_dir(cfg, demo_config=demo_config))
     # imported once the command line is parsed: --help needs no torch
     from maetransfer.engine import dist
     from maetransfer.zoo import resolve
-    from pretrain.demo import demo_data_root, write_demo_images
     from pretrain.main import run
-
-    # The demo's generated scenes (first run only), and only into the demo's own folder: a data.root of the user's
-    # that is missing is an error of the run, not a place to write 2000 scenes into. (Every torchrun
-    # process writes them, each file by an atomic rename, as none knows its rank yet.)
-    if Path(cfg.data.root).resolve() == demo_data_root().resolve():
-        write_demo_images(cfg.data.root, size=cfg.model.img_size)
 
     def resolve_and_run():  # a released name or hub id becomes its file; the config keeps the name
         init = cfg.train.init_checkpoint and str(resolve(cfg.train.init_checkpoint, bool(cfg.train.unsafe_load)))
