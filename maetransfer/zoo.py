@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, LoadedCheckpoint, encoder_arch, is_detector, read_checkpoint
 from .models import vit_size
+from .tasks import TASKS
 
 # What a release holds: a description and the test a parsed checkpoint must pass.
 CONTENTS: Dict[str, tuple] = {
@@ -53,7 +54,8 @@ class Release:
 
 
 _MAE = "https://dl.fbaipublicfiles.com/mae"
-_FT_CMD = "torchrun --nproc_per_node 8 tools/train_cls.py --config configs/cls/imagenet_vit_{size}.yaml " \
+_TOOL = {name: f"tools/{spec.tool}.py" for name, spec in TASKS.items()}  # the task table's tools
+_FT_CMD = f"torchrun --nproc_per_node 8 {_TOOL['cls']} --config configs/cls/imagenet_vit_{{size}}.yaml " \
           "data.root=/data/imagenet train.init_checkpoint={name}"
 _VIS_CMD = "python tools/visualize_mae.py {name} photo.jpg --out recon.png"
 # Per size: md5 prefix of mae_pretrain_* (MAE README), IN-1k top-1 after fine-tuning (paper), md5 prefix of
@@ -101,7 +103,7 @@ def _releases():
     for size, (_, _, md5, result) in _MAE_SIZES.items():
         name = f"mae_finetuned_vit_{size}"
         yield Release(name, f"MAE {_label(size)} fine-tuned on ImageNet-1k (official release)", "mae", f"vit_{size}",
-                      "classifier", f"python tools/train_cls.py --config configs/cls/imagenet_vit_{size}.yaml "
+                      "classifier", f"python {_TOOL['cls']} --config configs/cls/imagenet_vit_{size}.yaml "
                       f"--eval-only --checkpoint {name} data.root=/data/imagenet",
                       f"ImageNet-1k val top-1 / top-5 {result} (MAE FINETUNE.md)",
                       url=f"{_MAE}/finetune/{name}.pth", checksum=f"md5:{md5}")
@@ -114,7 +116,7 @@ def _releases():
                       _FT_CMD.format(size=size, name=name), _finetuned_result(size), hub_repo=f"timm/{name}")
     for name, size, tail, box_mask in _VITDET:
         yield Release(name, f"detectron2 ViTDet Mask R-CNN, MAE {_label(size)} (detectron2 model zoo)", "detectron2",
-                      f"vit_{size}", "detector", f"python tools/train_det.py --config "
+                      f"vit_{size}", "detector", f"python {_TOOL['det']} --config "
                       f"configs/det/mask_rcnn_vit_{size}_coco.yaml --eval-only --checkpoint {name} "
                       "data.root=/data/coco",
                       f"COCO val2017 box / mask AP {box_mask} (detectron2 ViTDet model zoo)",
@@ -123,7 +125,7 @@ def _releases():
     name = "upernet_mae-base_fp16_8x2_512x512_160k_ade20k"
     yield Release(name, "mmsegmentation UperNet, MAE ViT-B, ADE20K 160k iterations (mmseg model zoo)", "mmseg",
                   "vit_base", "segmentor",
-                  f"python tools/train_seg.py --config configs/seg/upernet_vit_base_ade20k.yaml --eval-only "
+                  f"python {_TOOL['seg']} --config configs/seg/upernet_vit_base_ade20k.yaml --eval-only "
                   f"--checkpoint {name} data.root=/data/ADEChallengeData2016",
                   "ADE20K val mIoU 48.13; 48.70 with eval.multi_scale=true eval.flip=true (mmseg configs/mae)",
                   url=_MMSEG_UPERNET, checksum="sha256:f92a2975")  # mmseg names its files by sha256 prefix

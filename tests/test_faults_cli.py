@@ -151,6 +151,22 @@ def finished_run(cls_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("hooks, line", [
+    ("[nowhere.Hook]", "error: train.hooks: cannot import nowhere.Hook (No module named 'nowhere')"),
+    ("[maetransfer.config.ConfigError]", "error: train.hooks: maetransfer.config.ConfigError is not a subclass of "
+                                         "maetransfer.engine.Hook"),
+    ("[{type: maetransfer.engine.hooks.MetricLogger, every: 3}]",
+     "error: train.hooks: maetransfer.engine.hooks.MetricLogger: MetricLogger.__init__() got an unexpected keyword "
+     "argument 'every'"),
+])
+def test_a_hook_the_config_names_that_cannot_be_built_is_one_line_before_anything_runs(cls_data, tmp_path, capsys,
+                                                                                        hooks, line):
+    code, err = _fails(train_cls.main, ["--output-dir", str(tmp_path / "run"), f"data.root={cls_data}", *CLS_TINY,
+                                        f"train.hooks={hooks}"], capsys)
+    assert (code, err) == (1, [line])
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_new_run_into_a_finished_runs_folder_stops_before_writing(finished_run, cls_data, capsys):
     before = _snapshot(finished_run)
     code, err = _fails(train_cls.main, ["--output-dir", str(finished_run), f"data.root={cls_data}", *CLS_TINY], capsys)

@@ -5,7 +5,7 @@ import torch
 pytest.importorskip("mmseg")
 
 
-def test_registered_backbone_and_neck_build_and_run():
+def test_registered_backbone_and_neck_build_and_run(mmseg):
     from mmseg.registry import MODELS
 
     import maetransfer.integrations.mmseg  # noqa: F401  (registers the modules)

@@ -138,8 +138,15 @@ class COCOEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self):
-        self.image_ids: List[int] = []
-        self.results: List[Dict] = []
+        self.predictions: Dict[int, List[Dict]] = {}  # image id -> its COCO result dicts
+
+    @property
+    def image_ids(self) -> List[int]:
+        return list(self.predictions)
+
+    @property
+    def results(self) -> List[Dict]:
+        return [r for image_results in self.predictions.values() for r in image_results]
 
     def forward(self, model, inputs, device):
         images, targets = inputs
@@ -150,21 +157,20 @@ class COCOEvaluator(DatasetEvaluator):
     def process(self, inputs, outputs):
         for target, output in zip(inputs[1], outputs):
             image_id = int(target["image_id"])
-            self.image_ids.append(image_id)
-            self.results += instances_to_results(output, image_id, self.dataset.category_ids)
+            self.predictions[image_id] = instances_to_results(output, image_id, self.dataset.category_ids)
 
     def local_results(self):
-        return self.image_ids, self.results
+        return self.predictions
 
     def merge(self, parts):
-        self.image_ids = [i for ids, _ in parts for i in ids]
-        self.results = [r for _, results in parts for r in results]
+        # in the split's order, so that the results file is the same on any number of processes
+        merged = {image_id: results for part in parts for image_id, results in part.items()}
+        self.predictions = {i: merged[i] for i in self.dataset.ids if i in merged}
 
     def evaluate(self) -> Dict[str, Dict[str, Optional[float]]]:
         metrics = self.evaluate_results(self.results, self.image_ids)
         # the picture draws these predictions: the model does not run again for it
-        evaluated = set(self.image_ids)
-        shown = [i for i in self.dataset.ids if i in evaluated][:self.num_pictures]
+        shown = self.image_ids[:self.num_pictures]
         save_predictions(self.results, self.dataset, shown, self.output_dir / "predictions.png")
         return metrics
 

@@ -333,7 +333,13 @@ def default_hooks(trainer: "Trainer") -> List[Hook]:
     return hooks
 
 
-def build_hooks(trainer: "Trainer", task_hooks: Sequence[Hook] = (), hooks: Sequence[Hook] = ()) -> List[Hook]:
-    """A run's hook list: the built-in hooks, the task's, the config's train.hooks, then `hooks` (the Python API's)."""
-    configured = [build_hook(spec) for spec in trainer.train_cfg.hooks]
+def configured_hooks(train_cfg: DictConfig) -> List[Hook]:
+    """The hooks train.hooks names, built (before anything costly runs: a wrong path costs nothing)."""
+    return [build_hook(spec) for spec in train_cfg.hooks]
+
+
+def build_hooks(trainer: "Trainer", task_hooks: Sequence[Hook] = (), configured: Sequence[Hook] = (),
+                hooks: Sequence[Hook] = ()) -> List[Hook]:
+    """A run's hook list: the built-in hooks, the task's, the config's (`configured_hooks`), then `hooks` (the Python
+    API's)."""
     return [*default_hooks(trainer), *task_hooks, *configured, *hooks]

@@ -16,7 +16,7 @@ from ..config import ConfigError, save_config
 from ..export.runtime import check_config, is_exported, open_exported
 from . import dist, progress
 from .evaluation import DatasetEvaluator, inference_on_dataset
-from .hooks import Hook, build_hooks
+from .hooks import Hook, build_hooks, configured_hooks
 from .trainer import Trainer, setup_process
 
 
@@ -99,6 +99,7 @@ def run_task(task: Task, eval_only: bool = False, checkpoint: Optional[str] = No
     the demo encoder become files; the config keeps the name).
     hooks: the caller's own hooks, after the built-in ones, the task's and the config's (train.hooks)."""
     cfg = task.cfg
+    configured = [] if eval_only else configured_hooks(cfg.train)  # a wrong path is found before anything runs
     device = setup_process(cfg.train)  # before anything is written, so that only rank 0 writes
     if dist.is_main_process():
         task.prepare_data()
@@ -119,7 +120,7 @@ def run_task(task: Task, eval_only: bool = False, checkpoint: Optional[str] = No
         model = dist.sync_batchnorm(model, device, task.sync_batchnorm)
     trainer = Trainer(cfg, model, task.param_groups(model), task.train_set, task.loss_fn(), str(cfg.train.output_dir),
                       evaluate_fn=evaluate, stage=task.stage, device=device, **task.trainer_options())
-    trainer.register_hooks(build_hooks(trainer, task.hooks(), hooks))
+    trainer.register_hooks(build_hooks(trainer, task.hooks(), configured, hooks))
     trainer.fit()
     return task.results
 
