@@ -186,25 +186,32 @@ def loss_fn(model, batch, device):
     logs = {"rank_part": torch.tensor(float(rank))} if rank == 1 else {}  # a value only one process has
     with open(sys.argv[1] + f"/losses{rank}.jsonl", "a") as f:
         f.write(json.dumps(loss.item()) + "\\n")
-    return loss, logs""").replace("train.epochs=2", "train.epochs=1\", \"train.log_period=1")
+    return loss, logs""").replace('"train.epochs=2"', '"train.epochs=1", "train.log_period=" + sys.argv[3]')
 
 
-def test_logged_losses_are_the_mean_over_processes(tmp_path):
-    """Each logged loss is the mean of the two processes' own losses of that update (as detectron2 and MAE log
-    them), and a value that only one process reports is that process's."""
+@pytest.mark.parametrize("log_period, windows", [(1, [1, 1, 1, 1]), (3, [3, 1])])
+def test_logged_losses_are_the_mean_over_processes_and_the_window(tmp_path, log_period, windows):
+    """Each logged loss is the mean over the updates of its window of the two processes' mean loss of each update
+    (as detectron2 and MAE log them), and a value that only one process reports is that process's."""
     script = tmp_path / "ddp_mean.py"
     script.write_text(LOGGED_MEAN_SCRIPT)
     out = tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29735",
-                    str(script), str(out), "4"], cwd=ROOT, env=env, check=True, timeout=240)
+                    str(script), str(out), "4", str(log_period)], cwd=ROOT, env=env, check=True, timeout=240)
     per_rank = [[json.loads(line) for line in (out / f"losses{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 4 and per_rank[0] != per_rank[1]
+    per_update = [(mine + theirs) / 2 for mine, theirs in zip(*per_rank)]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
-    assert len(records) == len(per_rank[0]) == len(per_rank[1]) == 4 and per_rank[0] != per_rank[1]
-    for record, mine, theirs in zip(records, *per_rank):
-        assert record["loss"] == pytest.approx((mine + theirs) / 2, rel=1e-6)
+    assert [r["window"] for r in records] == windows
+    start = 0
+    for record, size in zip(records, windows):
+        window = per_update[start:start + size]
+        assert record["loss"] == pytest.approx(sum(window) / size, rel=1e-6)
+        assert record["loss_median"] == pytest.approx(float(np.median(window)), rel=1e-6)
         assert record["rank_part"] == 1.0
+        start += size
 
 
 def test_ddp_pretraining_runs_with_two_processes(image_dir, tmp_path):
