@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Dict, Optional, Sequence, Tuple, Type
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_config
 from .errors import InputError
@@ -41,6 +41,9 @@ def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = Non
         parser.add_argument("--checkpoint", help=checkpoint_help)
     parser.add_argument("--unsafe-load", action="store_true",
                         help="fully unpickle checkpoints that weights_only loading refuses (only files you trust)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (with the overrides) and exit, writing nothing; "
+                             "python -m maetransfer.configs lists the recipes")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides, e.g. train.lr=1e-4")
     return parser
 
@@ -64,6 +67,9 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
         parser.exit(2, f"error: {exc}\n")
     if tool is not None:
         cfg.train.output_dir = cfg.train.output_dir or f"{TOOL_DEFAULTS[tool][1]}/{Path(args.config).stem}"
+    if getattr(args, "print_config", False):
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        parser.exit(0)
     return args, cfg
 
 

@@ -3,6 +3,7 @@ with dotted `key=value` pairs. Keys are strict: an override of a key the config 
 must not silently train with the default). Only a new top-level section may be introduced by a derived file. Values
 are typed by their defaults: an override of the wrong type is an error when the command line is parsed, not a crash
 deep inside a run."""
+import difflib
 import json
 import os
 from pathlib import Path
@@ -95,10 +96,38 @@ RANGES = {
 }
 
 
+def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """' (did you mean X?)' with the candidate closest to a misspelt `word`, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _dotted_keys(cfg: dict, prefix: str = "") -> Iterable[str]:
+    for key, value in cfg.items():
+        yield from _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+
+
+def _closest_key(key: str, cfg: DictConfig) -> str:
+    """' (did you mean X?)' with the valid key closest to a misspelt one: a name of the same section
+    (model.drop_path -> model.drop_path_rate), else the closest whole dotted key (trian.lr -> train.lr), else the
+    one key of another section with the same name (data.warmup_iters -> train.warmup_iters); '' when none is."""
+    keys = list(_dotted_keys(OmegaConf.to_container(cfg)))
+    section, _, leaf = key.rpartition(".")
+    same_section = ({k: k for k in cfg} if not section else  # an unknown section: the sections
+                    {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section})
+    close = difflib.get_close_matches(leaf, list(same_section), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {same_section[close[0]]}?)"
+    hint = did_you_mean(key, keys, cutoff=0.8)
+    same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf]
+    return hint or (f" (did you mean {same_leaf[0]}?)" if len(same_leaf) == 1 else "")
+
+
 def _value_problem(name: str, value) -> Optional[str]:
     """Why `value` is not allowed for key `name` (None when it is)."""
     if name in CHOICES and value not in CHOICES[name]:
-        return "is not one of " + ", ".join(repr(c) if c == "" else c for c in CHOICES[name])
+        return ("is not one of " + ", ".join(repr(c) if c == "" else c for c in CHOICES[name])
+                + did_you_mean(value, [c for c in CHOICES[name] if c], cutoff=0.7))  # not gpu -> cpu
     if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
         test, what = RANGES[name]
         return None if test(value) else f"must be {what}"
@@ -187,7 +216,7 @@ def _merge_strict(base: DictConfig, override: DictConfig, source: str,
         return OmegaConf.merge(base, override)
     except ConfigKeyError as exc:
         key = getattr(exc, "full_key", None) or str(exc)
-        raise ConfigError(f"{source}: unknown config key '{key}'") from None
+        raise ConfigError(f"{source}: unknown config key '{key}'{_closest_key(key, base)}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
 

@@ -37,13 +37,15 @@ def _main(tool):
 
 
 BAD_VALUES = [
-    ("train_cls", "train.amp=bf17", "train.amp=bf17 is not one of none, bf16, fp16"),
-    ("train_cls", "train.schedule=cosin", "train.schedule=cosin is not one of cosine, step, poly, constant"),
-    ("train_cls", "train.optimizer=adamww", "train.optimizer=adamww is not one of adamw, sgd, lars"),
+    ("train_cls", "train.amp=bf17", "train.amp=bf17 is not one of none, bf16, fp16 (did you mean bf16?)"),
+    ("train_cls", "train.schedule=cosin",
+     "train.schedule=cosin is not one of cosine, step, poly, constant (did you mean cosine?)"),
+    ("train_cls", "train.optimizer=adamww", "train.optimizer=adamww is not one of adamw, sgd, lars (did you mean adamw?)"),
     ("train_cls", "train.device=gpu", "train.device=gpu is not one of auto, cpu, cuda"),
     ("train_cls", "eval.amp=fp32", "eval.amp=fp32 is not one of none, bf16, fp16"),
     ("train_cls", "model.arch=vit_bsae",
-     "model.arch=vit_bsae is not one of vit_micro, vit_demo, vit_tiny, vit_small, vit_base, vit_large, vit_huge"),
+     "model.arch=vit_bsae is not one of vit_micro, vit_demo, vit_tiny, vit_small, vit_base, vit_large, vit_huge (did "
+     "you mean vit_base?)"),
     ("train_cls", "model.mode=linprobe", "model.mode=linprobe is not one of finetune, linear, partial"),
     ("train_cls", "model.global_pool=mean", "model.global_pool=mean is not one of avg, token"),
     ("train_cls", "data.format=coco", "data.format=coco is not one of imagefolder, inat, places"),
@@ -53,7 +55,8 @@ BAD_VALUES = [
     ("train_det", "model.head_norm=IN", "model.head_norm=IN is not one of LN, BN, SyncBN, GN, ''"),
     ("train_seg", "model.norm=GN", "model.norm=GN is not one of BN, SyncBN"),
     ("train_seg", "eval.mode=sliding", "eval.mode=sliding is not one of slide, whole"),
-    ("pretrain_mae", "model.mask_sampler=rand", "model.mask_sampler=rand is not one of random, block, grid"),
+    ("pretrain_mae", "model.mask_sampler=rand",
+     "model.mask_sampler=rand is not one of random, block, grid (did you mean random?)"),
     ("pretrain_mae", "model.mask_ratio=1.5", "model.mask_ratio=1.5 must be in (0, 1)"),
     ("pretrain_mae", "train.batch_size=0", "train.batch_size=0 must be at least 1"),
     ("train_det", "train.layer_decay=0", "train.layer_decay=0 must be in (0, 1]"),
@@ -105,3 +108,39 @@ def test_keys_that_do_not_fit_together_are_one_line_before_anything_is_written(t
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {line}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier.txt"]
     assert earlier.read_text() == "a file of an earlier run"
+
+
+@pytest.mark.parametrize("tool, config", [("pretrain_mae", "configs/pretrain/mae_vit_large.yaml"),
+                                          ("train_det", "configs/det/mask_rcnn_vit_base_coco.yaml"),
+                                          ("train_seg", "configs/seg/upernet_vit_base_ade20k.yaml"),
+                                          ("train_cls", "configs/cls/inat2018_vit_base.yaml")])
+def test_print_config_shows_the_resolved_config_and_writes_nothing(tool, config, tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        _main(tool)(["--config", config, "--print-config", "train.lr=3e-4", "--output-dir", str(out)])
+    assert exit_info.value.code == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    expected = load_config(config, ["train.lr=3e-4", f"train.output_dir={out}"])
+    assert OmegaConf.to_container(printed) == OmegaConf.to_container(expected)
+    assert not tmp_path.joinpath("run").exists()
+
+
+def test_the_recipe_list_names_every_recipe_with_its_task_and_published_number(capsys):
+    import yaml
+
+    from maetransfer.configs import main
+
+    main([])
+    lines = capsys.readouterr().out.splitlines()[1:]
+    listed = {line.split()[0]: line.split() for line in lines}
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*/*.yaml")
+               if p.parent.name != "report" and p.name != "base.yaml"}
+    assert set(listed) == shipped and len(lines) == len(shipped)
+    for path, row in listed.items():
+        assert row[1] == path.split("/")[1] and row[2] == load_config(path).model.arch
+    published = yaml.safe_load((ROOT / "configs/report/paper_results.yaml").read_text())
+    assert "bbox.AP 51.6 segm.AP 45.9" in " ".join(listed["configs/det/mask_rcnn_vit_base_coco.yaml"])
+    assert f"top1 {published['configs/cls/inat2018_vit_base.yaml']['top1']}" in " ".join(
+        listed["configs/cls/inat2018_vit_base.yaml"])

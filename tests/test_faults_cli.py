@@ -178,7 +178,7 @@ def test_a_new_run_into_a_finished_runs_folder_stops_before_writing(finished_run
 
 @pytest.mark.parametrize("extra, code, line", [
     (["train.lr=abc"], 2, "error: command line: train.lr=abc is not a number or null"),
-    (["train.lrr=1"], 2, "error: command line: unknown config key 'train.lrr'"),
+    (["train.lrr=1"], 2, "error: command line: unknown config key 'train.lrr' (did you mean train.lr?)"),
     (["--resume", "auto", "data.root={missing}"], 1, None),
     (["train.overwrite=true", "data.root={missing}"], 1, None),
 ])

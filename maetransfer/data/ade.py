@@ -1,7 +1,8 @@
 """ADE20K (SceneParsing ADEChallengeData2016) reading and the mmseg training / test pipelines, in torch.
 
 Layout: `<root>/images/{training,validation}/*.jpg` and `<root>/annotations/{training,validation}/*.png` (8-bit label
-maps, 0 = "other", 1..150 = classes). `reduce_zero_label` maps 0 -> 255 (ignored) and k -> k-1.
+maps, 0 = "other", 1..150 = classes). `reduce_zero_label` maps 0 -> 255 (ignored) and k -> k-1. Other data sets: any
+image and label-map folders with any file endings, paired by name as mmseg's BaseSegDataset does (`ADE20KDataset`).
 
 Pipelines follow mmseg 1.x `configs/_base_/datasets/ade20k.py` step by step (mmcv/mmseg semantics noted per
 function): train = RandomResize(scale (2048, 512), ratio 0.5-2.0, keep ratio) -> RandomCrop(512, cat_max_ratio .75)
@@ -113,45 +114,70 @@ def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_ind
     return label
 
 
+def _split_folder(folder: str, split: str) -> str:
+    """`folder` with `{split}` replaced by the split, else the split's sub-folder of `folder`."""
+    return folder.replace("{split}", split) if "{split}" in folder else f"{folder}/{split}"
+
+
 def _files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
-    return {name[:-len(suffix)]: name for name in os.listdir(folder) if name.endswith(suffix)}
+    """{path relative to `folder` without `suffix`: path relative to `folder`} of the files below `folder` (sub-folders
+    included, as mmseg's BaseSegDataset lists them) whose names end with `suffix`."""
+    found = {}
+    for parent, dirs, names in os.walk(folder):
+        dirs.sort()
+        prefix = os.path.relpath(parent, folder)
+        prefix = "" if prefix == "." else prefix.replace(os.sep, "/") + "/"
+        found.update({prefix + name[:-len(suffix)]: prefix + name for name in names if name.endswith(suffix)})
+    return found
 
 
 class ADE20KDataset(Dataset):
-    """`root/images/<split>/*.jpg` with `root/annotations/<split>/*.png` of the same stem.
+    """Images and label maps of one split: `root/images/<split>/*.jpg` with `root/annotations/<split>/*.png` of the
+    same stem (ADEChallengeData2016), or any two folders as mmseg's BaseSegDataset pairs them: `img_dir` and
+    `ann_dir` (relative to `root` unless absolute; `{split}` in them is replaced by the split, else the split is a
+    sub-folder of each), files found in sub-folders too, an image `<name><img_suffix>` paired with the label map
+    `<name><seg_map_suffix>` at the same relative path.
 
-    Returns {'image': uint8 (3, H, W), 'label': int64 (H, W), 'name': stem} passed through `transform` when given.
+    Returns {'image': uint8 (3, H, W), 'label': int64 (H, W), 'name': the pair's name with '/' as '_'} passed through
+    `transform` when given.
 
     Checked when built, each failure one line naming the folder or file: both folders exist and hold images, every
-    image has its label PNG and every label PNG its image (one listing per folder), and the first pair is read in
+    image has its label map and every label map its image (one listing per folder), and the first pair is read in
     full (a dataset converted wrongly as a whole, with RGB or 16-bit labels, other values or sizes, fails here).
     Every other label is checked when it is read: 8-bit single channel, values in range, the size of its image.
     Reading all 20k ADE20K label headers up front would take 1.4 s (4 s with the image headers) on a warm cache.
     """
 
     def __init__(self, root, split: str, num_classes: int = 150, reduce_zero_label: bool = True,
-                 transform=None, ignore_index: int = 255):
+                 transform=None, ignore_index: int = 255, img_dir: str = "", ann_dir: str = "",
+                 img_suffix: str = ".jpg", seg_map_suffix: str = ".png"):
         self.root = Path(root)
-        img_dir, ann_dir = self.root / "images" / split, self.root / "annotations" / split
+        hint = (f"expected the ADEChallengeData2016 layout images/{split}/*.jpg + annotations/{split}/*.png; "
+                f"{ROOT_HINT}, or data.img_dir / data.ann_dir to your folders")
+        if img_dir or ann_dir:
+            hint = f"data.img_dir={img_dir}, data.ann_dir={ann_dir} under data.root={root}"
+        img_dir, ann_dir = (self.root / _split_folder(given or default, split)
+                            for given, default in ((img_dir, "images"), (ann_dir, "annotations")))
         for d in (img_dir, ann_dir):
             if not d.is_dir():
-                raise MissingFileError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
-                                       f"images/{split}/*.jpg + annotations/{split}/*.png; {ROOT_HINT})")
-        images, labels = _files_by_stem(img_dir, ".jpg"), _files_by_stem(ann_dir, ".png")
+                raise MissingFileError(f"{d}: directory not found ({hint})")
+        images, labels = _files_by_stem(img_dir, img_suffix), _files_by_stem(ann_dir, seg_map_suffix)
         if not images:
             others = sorted(os.listdir(img_dir))
             content = f"it holds {len(others)} other files, e.g. {others[0]}" if others else "it is empty"
-            raise DatasetError(f"{img_dir}: no .jpg images ({content})")
+            raise DatasetError(f"{img_dir}: no {img_suffix} images ({content})")
+        kind = "label PNG" if seg_map_suffix.lower().endswith(".png") else "label map"
         unlabelled = sorted(set(images) - set(labels))
         if unlabelled:
             raise MissingFileError(f"{ann_dir}: {len(unlabelled)} of the {len(images)} images in {img_dir} have no "
-                                   f"label PNG, first {images[unlabelled[0]]} (expected {unlabelled[0]}.png)")
+                                   f"{kind}, first {images[unlabelled[0]]} (expected {unlabelled[0]}{seg_map_suffix})")
         orphans = sorted(set(labels) - set(images))
         if orphans:
-            raise MissingFileError(f"{img_dir}: {len(orphans)} label PNGs in {ann_dir} have no image, first "
-                                   f"{labels[orphans[0]]} (expected {orphans[0]}.jpg)")
-        self.samples: List[Tuple[Path, Path]] = [(img_dir / name, ann_dir / labels[name[:-len(".jpg")]])
-                                                 for name in sorted(images.values())]
+            raise MissingFileError(f"{img_dir}: {len(orphans)} {kind}s in {ann_dir} have no image, first "
+                                   f"{labels[orphans[0]]} (expected {orphans[0]}{img_suffix})")
+        self.samples: List[Tuple[Path, Path]] = [(img_dir / images[key], ann_dir / labels[key])
+                                                 for key in sorted(images, key=images.get)]
+        self.names = [key.replace("/", "_") for key in sorted(images, key=images.get)]
         self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
         self.ignore_index, self.transform = ignore_index, transform
         self.read(0)
@@ -167,7 +193,7 @@ class ADE20KDataset(Dataset):
         if tuple(image.shape[1:]) != tuple(label.shape):
             raise DatasetError(f"{ann_path}: label size {tuple(label.shape)} differs from image size "
                                f"{tuple(image.shape[1:])} of {img_path.name}")
-        return {"image": image, "label": label.long(), "name": img_path.stem}
+        return {"image": image, "label": label.long(), "name": self.names[index]}
 
     def __getitem__(self, index: int) -> Dict:
         sample = self.read(index)

@@ -136,6 +136,12 @@ def drop_reason(ann: dict, height: int, width: int) -> Optional[str]:
     return NO_SEGMENTATION if segm is None else MALFORMED_SEGMENTATION
 
 
+def has_mask(ann: dict) -> bool:
+    """Whether an annotation gives a mask at all: a boxes-only annotation has no 'segmentation' or an empty one
+    (detectron2's load_coco_json keeps no segmentation for either)."""
+    return bool(ann.get("segmentation"))
+
+
 def box_outside(bbox: Sequence[float], height: int, width: int) -> bool:
     """Whether an (x, y, w, h) box lies wholly outside its image (one crossing the border is normal in COCO)."""
     x, y, w, h = bbox
@@ -152,12 +158,13 @@ class CocoDetection(torch.utils.data.Dataset):
     `category_ids[label]` maps back. `transforms(image, target)` runs on (3, H, W) uint8 and the target dict
     (`LargeScaleJitter` for training, `ResizeShortestEdge` for test).
 
-    Checked when built: the split lists images (and, with `filter_empty`, some image keeps an instance), and every
+    Checked when built: the split lists images (and, with `filter_empty`, some image keeps an instance), it is not
+    boxes-only (with `every_mask`, used for evaluation: every annotation has a mask; `_check_masks`), and every
     image it uses exists under `image_dir` (one directory listing, not a stat per file); each failure is one
     CocoFormatError / MissingFileError line naming the json.
     """
 
-    def __init__(self, image_dir, ann_file, transforms=None, filter_empty: bool = False):
+    def __init__(self, image_dir, ann_file, transforms=None, filter_empty: bool = False, every_mask: bool = False):
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.coco = load_coco_json(ann_file)
@@ -168,6 +175,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.coco.imgs:
             raise CocoFormatError(f"{self.ann_file}: lists no images")
         with_instances = self._count_annotations()
+        self._check_masks(every_mask)
         ids = sorted(self.coco.imgs)
         if filter_empty:
             ids = [i for i in ids if i in with_instances]
@@ -198,6 +206,26 @@ class CocoDetection(torch.utils.data.Dataset):
                 self.dropped[reason] = self.dropped.get(reason, 0) + 1
         return with_instances
 
+    def _check_masks(self, every: bool) -> None:
+        """Refuse annotations without a mask where the run cannot go on without one: a set whose non-crowd
+        annotations all lack one (boxes only: nothing would train the mask head, and detectron2 with masks on fails
+        on such annotations too) and, with `every` (the evaluation split), any annotation without one (COCOeval's
+        segm reads the mask of every ground-truth instance, crowd regions included, and would stop with a KeyError
+        after the whole inference). A few mask-less annotations of a training set are dropped and counted instead."""
+        annotations = self.coco.dataset["annotations"]
+        first = next((a for a in annotations if not has_mask(a) and (every or not a.get("iscrowd", 0))), None)
+        if first is None:
+            return
+        without = sum(not has_mask(a) for a in annotations if not a.get("iscrowd", 0))
+        if not every and without < self.non_crowd:
+            return
+        scope = "" if every else f", as all {self.non_crowd} non-crowd annotations"
+        raise CocoFormatError(
+            f"{self.ann_file}: annotation id {first['id']} (image {self.coco.imgs[first['image_id']]['file_name']}) "
+            f"has no mask{scope}: Mask R-CNN trains and evaluates a mask per instance (detectron2 with masks on "
+            f"also needs one); add 'segmentation' polygons or RLE, or for a boxes-only set each box as a 4-corner "
+            f"polygon [[x, y, x+w, y, x+w, y+h, x, y+h]]")
+
     def _annotation_problems(self) -> str:
         parts = []
         if self.dropped:
@@ -217,6 +245,8 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._annotation_problems()
 
     def _check_images_exist(self) -> None:
+        if not self.image_dir.is_dir():
+            raise MissingFileError(f"{self.image_dir}: image folder not found (the images of {self.ann_file})")
         names = [str(self.coco.imgs[i]["file_name"]) for i in self.ids]
         missing, first = find_missing(self.image_dir, names)
         if missing:

@@ -9,25 +9,36 @@ from ..checkpoint import (CheckpointError, detector_state, is_detector, load_det
                           read_raw, read_state, unwrap_state)
 from ..data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, ResizeShortestEdge, collate_detection,
                          write_demo_coco)
+from ..data.images import ROOT_HINT, MissingFileError
 from ..engine import Task, run_task
 from ..optim import param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
 
 
-def coco_split(data_cfg: DictConfig, split: str) -> Tuple[Path, Path]:
-    """(image folder, annotation file) of a split in the COCO 2017 layout."""
-    root = Path(data_cfg.root)
-    return root / split, root / "annotations" / f"instances_{split}.json"
+def coco_split(data_cfg: DictConfig, which: str) -> Tuple[Path, Path]:
+    """(image folder, annotation file) of the 'train' or 'val' split: `data.<which>_images` / `data.<which>_json`
+    where set (relative to data.root, absolute paths as they are; detectron2's register_coco_instances takes any
+    json and image root alike), else the COCO 2017 layout under data.root: {split}/ and
+    annotations/instances_{split}.json with split = data.<which>_split. A missing json is one line naming the key
+    that chose it (the image folder is checked by CocoDetection, once the json is known to be readable)."""
+    root, split = Path(data_cfg.root), str(data_cfg[f"{which}_split"])
+    ann_file = root / str(data_cfg[f"{which}_json"] or f"annotations/instances_{split}.json")
+    image_dir = root / str(data_cfg[f"{which}_images"] or split)
+    if not ann_file.is_file():  # name the key that chose the path: the user's own, or data.root for the COCO layout
+        hint = f"data.{which}_json" if data_cfg[f"{which}_json"] else f"{ROOT_HINT}, or data.{which}_json= to yours"
+        raise MissingFileError(f"{ann_file}: annotation file not found ({hint})")
+    return image_dir, ann_file
 
 
 def build_datasets(cfg: DictConfig, eval_only: bool = False):
     d, size = cfg.data, int(cfg.model.img_size)
-    val_set = CocoDetection(*coco_split(d, d.val_split), transforms=ResizeShortestEdge(size, size))
+    # every validation annotation needs a mask: COCOeval's segm reads them all
+    val_set = CocoDetection(*coco_split(d, "val"), transforms=ResizeShortestEdge(size, size), every_mask=True)
     if eval_only:
         return None, val_set
     lsj = LargeScaleJitter(size, tuple(d.scale_range), float(d.flip_prob))
-    train_set = CocoDetection(*coco_split(d, d.train_split), transforms=lsj, filter_empty=bool(d.filter_empty))
+    train_set = CocoDetection(*coco_split(d, "train"), transforms=lsj, filter_empty=bool(d.filter_empty))
     if train_set.category_ids != val_set.category_ids:
         raise CocoFormatError(f"{train_set.ann_file} and {val_set.ann_file} list different categories")
     return train_set, val_set

@@ -1,7 +1,8 @@
 """Segmentation transfer run: ADE20K-layout data + UperNet on the shared engine, then mIoU evaluation."""
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 from ..checkpoint import CheckpointError, compare_state, load_encoder_state, load_into, read_checkpoint
 from ..config import ConfigError
 from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
+from ..data.images import MissingFileError
 from ..engine import Task, run_task
 from ..optim import param_groups
 from .evaluate import SegEvaluator
@@ -26,10 +28,50 @@ class SegLoss:
 
 
 def class_names(cfg: DictConfig) -> List[str]:
-    names = list(cfg.data.class_names) if cfg.data.class_names else list(ADE20K_CLASSES)
+    """The class names, index = class (with reduce_zero_label, label value - 1): `data.class_names`, else the lines
+    of `data.class_names_file` (one name per line, relative to data.root unless absolute), else ADE20K's; as many as
+    model.num_classes."""
+    d = cfg.data
+    source = "data.class_names"
+    if d.class_names and d.get("class_names_file"):
+        raise ConfigError("data.class_names and data.class_names_file are both set: give the names one way")
+    if d.class_names:
+        names = list(d.class_names)
+    elif d.get("class_names_file"):
+        path = Path(d.root) / str(d.class_names_file)
+        if not path.is_file():
+            raise MissingFileError(f"{path}: class names file not found (data.class_names_file)")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        source = f"{path} (data.class_names_file)"
+    else:
+        names = list(ADE20K_CLASSES)
     if len(names) != int(cfg.model.num_classes):
-        raise ConfigError(f"data.class_names has {len(names)} names but model.num_classes is {cfg.model.num_classes}")
+        raise ConfigError(f"{source} has {len(names)} names but model.num_classes is {cfg.model.num_classes}")
     return names
+
+
+def class_palette(cfg: DictConfig, num_classes: int) -> Optional[np.ndarray]:
+    """(K, 3) uint8 colours of `data.palette` (one [r, g, b] per class, as mmseg's metainfo palette); None when it
+    is empty: `seg.visualize.class_colours` then takes ADE20K's palette for its classes, distinct colours else."""
+    given = cfg.data.get("palette") or []
+    if not given:
+        return None
+    if len(given) != num_classes:
+        raise ConfigError(f"data.palette has {len(given)} colours but model.num_classes is {num_classes}")
+    for i, colour in enumerate(given):
+        if not (isinstance(colour, Sequence) and len(colour) == 3 and
+                all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour)):
+            raise ConfigError(f"data.palette[{i}] is {colour!r}: give each class's colour as [r, g, b] in 0..255")
+    return np.array([list(c) for c in given], dtype=np.uint8)
+
+
+def split_dataset(cfg: DictConfig, split: str, **kwargs) -> ADE20KDataset:
+    """The dataset of `split` (data.train_split / data.val_split) in the configured layout: ADE20K's, or the user's
+    data.img_dir / data.ann_dir folders with data.img_suffix / data.seg_map_suffix (docs/own-data.md)."""
+    d = cfg.data
+    return ADE20KDataset(d.root, split, img_dir=str(d.get("img_dir", "")), ann_dir=str(d.get("ann_dir", "")),
+                         img_suffix=str(d.get("img_suffix", ".jpg")),
+                         seg_map_suffix=str(d.get("seg_map_suffix", ".png")), **kwargs)
 
 
 def load_segmentor(model: EncoderDecoder, path: str, unsafe: bool = False) -> None:
@@ -62,6 +104,7 @@ class SegmentationTask(Task):
         super().__init__(cfg)
         self.sync_batchnorm = "model.norm=SyncBN" if cfg.model.norm == "SyncBN" else None
         self.names = class_names(cfg)
+        self.palette = class_palette(cfg, len(self.names))
         self.ignore = int(cfg.model.ignore_index)
         self.common = dict(num_classes=int(cfg.model.num_classes), reduce_zero_label=bool(cfg.data.reduce_zero_label),
                            ignore_index=self.ignore)
@@ -74,9 +117,9 @@ class SegmentationTask(Task):
 
     def build(self, eval_only: bool) -> nn.Module:
         cfg = self.cfg
-        self.val_set = ADE20KDataset(cfg.data.root, cfg.data.val_split, **self.common)
+        self.val_set = split_dataset(cfg, cfg.data.val_split, **self.common)
         if not eval_only:
-            self.train_set = ADE20KDataset(cfg.data.root, cfg.data.train_split,
+            self.train_set = split_dataset(cfg, cfg.data.train_split,
                                            transform=SegTrainTransform(cfg.data, self.ignore), **self.common)
         return build_segmentor(cfg.model)
 
@@ -100,7 +143,10 @@ class SegmentationTask(Task):
                             cfg.train.output_dir, self.ignore)
 
     def trainer_options(self) -> Dict:
-        return {"collate_fn": collate_train, "checkpoint_meta": {"class_names": self.names}}  # for tools/predict.py
+        meta = {"class_names": self.names}  # for tools/predict.py
+        if self.palette is not None:
+            meta["palette"] = self.palette.tolist()
+        return {"collate_fn": collate_train, "checkpoint_meta": meta}
 
 
 def run(cfg: DictConfig, eval_only: bool = False, checkpoint: Optional[str] = None,
