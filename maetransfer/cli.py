@@ -148,6 +148,7 @@ def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Opti
     into a folder that holds a training run writes its config and results to the folder's eval/ instead. The output
     folder of `demo_config` itself is the demo's: running the demo again starts it over there."""
     from .engine import CHECKPOINT_NAME, dist, slurm
+    from .engine.checkpointing import check_resume_file
 
     out = Path(cfg.train.output_dir)
     check_writable_folder(out, "output folder")
@@ -161,6 +162,8 @@ def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Opti
     if checkpoint.is_file() and slurm.requeued():
         cfg.train.resume = "auto"  # a requeued job continues its own run, whatever its command line said
     resume = cfg.train.resume
+    if resume and resume != "auto":
+        check_resume_file(Path(resume))  # before the demo encoder's pretraining, downloads or data
     resumes_it = resume == "auto" or (resume and Path(resume).resolve() == checkpoint.resolve())
     demos_own = demo_config is not None and out.resolve() == Path(load_config(demo_config).train.output_dir).resolve()
     if checkpoint.is_file() and not resumes_it and not cfg.train.overwrite and not demos_own:
@@ -212,6 +215,23 @@ def run_tool(parser: argparse.ArgumentParser, fn: Callable[[], object],
         parser.exit(stopped.exit_code)
 
 
+def check_checkpoint_task(path: str, spec: TaskSpec, unsafe: bool) -> None:
+    """CheckpointError (one line) when the trained model in `path` is another task's (by the heads it holds; an
+    exported model says its task itself, checked when it is opened)."""
+    from .checkpoint import CheckpointError, read_raw, unwrap_state
+    from .export.runtime import is_exported
+    from .predict.base import checkpoint_task
+    from .tasks import TASKS
+
+    if is_exported(path):
+        return
+    obj, _ = read_raw(path, unsafe, mmap=True)  # mapped, not read: only the names are looked at
+    held = checkpoint_task(unwrap_state(obj, path)[0])
+    if held not in (None, spec.name):
+        raise CheckpointError(f"{path}: a {TASKS[held].noun} model, but tools/{spec.tool}.py evaluates "
+                              f"{spec.noun} models (use tools/{TASKS[held].tool}.py)")
+
+
 def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, demo_encoder: Callable[[], ModuleType],
                       argv: Optional[Sequence[str]] = None):
     """The main() of the transfer tools (train_det / train_seg / train_cls: `tool`): parse, default the output dir to
@@ -238,6 +258,8 @@ def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, demo_encoder: C
         init_spec = cfg.train.init_checkpoint
         init = demo.resolve_init_checkpoint(init_spec, unsafe) if init_spec and not args.eval_only else None
         checkpoint = str(zoo.resolve(args.checkpoint, unsafe)) if args.checkpoint else None
+        if checkpoint:
+            check_checkpoint_task(checkpoint, spec, unsafe)  # before demo data is written or a model built
         return run_task(task_class(cfg), eval_only=args.eval_only, checkpoint=checkpoint, init_checkpoint=init)
 
     start = time.time()

@@ -167,6 +167,19 @@ def test_a_hook_the_config_names_that_cannot_be_built_is_one_line_before_anythin
     assert not (tmp_path / "run").exists()
 
 
+def test_cheap_checks_come_before_the_demo_data_and_its_pretraining(finished_run, tmp_path, monkeypatch, capsys):
+    """The detection demo from a fresh checkout (cwd): a --resume file that does not exist, or an --eval-only
+    checkpoint of another task, ends with one line at once, before the demo data set or the demo encoder's
+    pretraining is written."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _fails(train_det.main, ["--resume", str(tmp_path / "missing.pth")], capsys)
+    assert (code, err) == (2, [f"error: {tmp_path / 'missing.pth'}: cannot resume: no such file (train.resume)"])
+    code, err = _fails(train_det.main, ["--eval-only", "--checkpoint", str(finished_run / "checkpoint.pth")], capsys)
+    assert (code, err) == (1, [f"error: {finished_run / 'checkpoint.pth'}: a classification model, but "
+                               "tools/train_det.py evaluates detection models (use tools/train_cls.py)"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_new_run_into_a_finished_runs_folder_stops_before_writing(finished_run, cls_data, capsys):
     before = _snapshot(finished_run)
     code, err = _fails(train_cls.main, ["--output-dir", str(finished_run), f"data.root={cls_data}", *CLS_TINY], capsys)

@@ -32,13 +32,13 @@ def _pretrain(*args):
     main(list(args))
 
 
-def _pretrain_fails(capsys, *args) -> str:
-    """Run the pretraining tool expecting bad input: exit code 1; returns its stderr without the progress bar (which
+def _pretrain_fails(capsys, *args, code: int = 1) -> str:
+    """Run the pretraining tool expecting bad input: exit `code`; returns its stderr without the progress bar (which
     tqdm also writes there, ending it with a line break)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         _pretrain(*args)
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == code
     return "\n".join(line for line in capsys.readouterr().err.split("\n") if "%|" not in line)
 
 
@@ -116,7 +116,7 @@ def test_a_bad_resume_file_is_one_line_and_nothing_is_written(case, image_dir, e
     path, extra, expected = _bad_resume_file(case, earlier_run, tmp_path)
     out = tmp_path / "new"
     err = _pretrain_fails(capsys, f"data.root={image_dir}", *TINY, *extra, "--output-dir", str(out),
-                          "--resume", str(path))
+                          "--resume", str(path), code=2 if case in ("missing", "folder") else 1)  # found up front
     assert re.fullmatch(rf"error: {re.escape(str(path))}: cannot resume: {expected}\n", err), err
     assert not out.exists()
     assert not (tmp_path / "code_ran").exists()  # the malicious pickle never ran

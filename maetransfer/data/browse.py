@@ -230,8 +230,8 @@ class DetectionBrowser(Browser):
         from ..det.train import coco_split
 
         d = cfg.data
-        self.split = str(d.train_split if split == "train" else d.val_split)
-        image_dir, ann_file = coco_split(d, self.split)
+        image_dir, ann_file = coco_split(d, split)  # data.<split>_json / _images, else the COCO 2017 layout
+        self.split = ann_file.name if OmegaConf.select(d, f"{split}_json") else str(d[f"{split}_split"])
         self.source = str(ann_file)
         data = read_annotation_json(ann_file, error=CocoFormatError)
         for kind, keys in (("images", ("id", "file_name", "height", "width")), ("categories", ("id", "name")),

@@ -9,9 +9,12 @@ Formats (paths in the index files are relative to an image folder, itself relati
              Places205 (`trainvalsplit_places205/{train,val}_places205.csv`; images in
              data/vision/torralba/deeplearning/images256/).
   imagefolder  one sub-folder per class (ImageNet `train/`, `val/`), read with torchvision's folder scanner.
+  csv        a user's own list: "path,label" per line (or "path label"; an optional header line), label = a class
+             index or a class name; class names from an optional file of one name per line (`csv_dataset`).
 Bad input raises DatasetError (MissingFileError for absent files) with one line naming the file and the entry; the
 files an index lists are checked to exist when the dataset is built.
 """
+import csv
 import json
 import os
 import re
@@ -29,7 +32,7 @@ from .demo import SHAPES, publish_folder, render_scenes
 from .images import (ROOT_HINT, DatasetError, ImageReadError, MissingFileError, find_missing, read_annotation_json,
                      read_rgb)
 
-FORMATS = ("imagefolder", "inat", "places")
+FORMATS = ("imagefolder", "inat", "places", "csv")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -201,6 +204,98 @@ def places_dataset(list_path, image_root, num_classes: Optional[int] = None, cat
     return LabeledImages(image_root, paths, labels, names, str(list_path), "line", lines, transform)
 
 
+# -- CSV / text lists of one's own --------------------------------------------------------------------------------
+def _read_csv_list(list_path: Path, image_root: str):
+    """(path, label text, line number) rows of a "path,label" CSV or "path label" text list. Comma-separated when
+    the file's first row has a comma (quoted fields as the csv module reads them, so paths may hold commas), else
+    split at the last run of spaces (paths may hold spaces). The first row is a header when its path has no image
+    ending and names no file under `image_root` ("path,label", "filename,class", ...)."""
+    if not list_path.is_file():
+        raise MissingFileError(f"{list_path}: list file not found (data.format=csv; {ROOT_HINT})")
+    try:
+        text = list_path.read_text(encoding="utf-8-sig")  # a BOM, as spreadsheet programs write, is not a path
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{list_path}: cannot read the list ({_one_line(exc)})") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    comma = bool(lines) and "," in lines[0][1]
+    rows = []
+    for lineno, line in lines:
+        if comma:
+            fields = [f.strip() for f in next(csv.reader([line]))]
+        else:
+            fields = line.strip().rsplit(maxsplit=1)
+        if len(fields) != 2 or not all(fields):
+            raise DatasetError(f"{list_path}: line {lineno}: expected 'image_path{',' if comma else ' '}label', "
+                               f"got {line.strip()!r}")
+        rows.append((fields[0].lstrip("/"), fields[1], lineno))
+    if rows:
+        path = rows[0][0]
+        if not path.lower().endswith(IMG_EXTENSIONS) and not os.path.isfile(os.path.join(image_root, path)):
+            rows = rows[1:]  # a header
+    if not rows:
+        raise DatasetError(f"{list_path}: the list is empty")
+    return rows
+
+
+def _is_index(label: str) -> bool:
+    return label.lstrip("-").isdigit()
+
+
+def _read_class_names(path: Path) -> List[str]:
+    """One class name per line (blank lines skipped), line order = class index."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: class names file not found (data.categories)")
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"{path}: no class names (one per line)")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise DatasetError(f"{path}: class name {twice!r} is listed twice")
+    return names
+
+
+def csv_dataset(list_path, image_root, num_classes: Optional[int] = None, categories=None, train_list=None,
+                train_images=None, transform=None) -> LabeledImages:
+    """A list of one's own: "path,label" rows, paths relative to `image_root`, each label a class index or a class
+    name (not both in one list). Classes: the names of `categories` (one per line, line order = index) when given;
+    else, for names, the sorted names of `train_list` (the training list defines the classes for both splits, as
+    ImageFolder's training folders do, so a validation list without some class still gets the same labels); else,
+    for indices, data.num_classes or the largest index of `train_list` + 1, named by their numbers. `train_images`:
+    the folder of the training list's paths (for its header check)."""
+    list_path = Path(list_path)
+    rows = _read_csv_list(list_path, str(image_root))
+    names = _read_class_names(Path(categories)) if categories else None
+    if names is not None:
+        _check_num_classes(len(names), num_classes, str(categories))
+    by_name = any(not _is_index(label) for _, label, _ in rows)
+    if by_name and any(_is_index(label) for _, label, _ in rows):
+        lineno, label = next((n, label) for _, label, n in rows if _is_index(label))
+        raise DatasetError(f"{list_path}: line {lineno}: label {label} is an index but other lines name classes; "
+                           "use one or the other")
+    if names is None:
+        train_rows = rows if train_list is None or Path(train_list) == list_path else \
+            _read_csv_list(Path(train_list), str(train_images or image_root))
+        if any(not _is_index(label) for _, label, _ in train_rows):
+            names = sorted({label for _, label, _ in train_rows})
+            _check_num_classes(len(names), num_classes, f"{train_list or list_path} (its class names)")
+        else:
+            names = [str(i) for i in range(num_classes or max(int(label) for _, label, _ in train_rows) + 1)]
+    index_of = {name: i for i, name in enumerate(names)}
+    labels = []
+    for _, label, lineno in rows:
+        if by_name:
+            if label not in index_of:
+                raise DatasetError(f"{list_path}: line {lineno}: class {label!r} is not one of the "
+                                   f"{len(names)} classes ({categories or train_list or list_path})")
+            labels.append(index_of[label])
+        else:
+            if not 0 <= int(label) < len(names):
+                raise DatasetError(f"{list_path}: line {lineno}: label {label} out of range [0, {len(names)})")
+            labels.append(int(label))
+    return LabeledImages(image_root, [p for p, _, _ in rows], labels, names, str(list_path), "line",
+                         [n for _, _, n in rows], transform)
+
+
 # -- ImageFolder ---------------------------------------------------------------------------------------------------
 def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
     """A folder with one sub-folder of images per class (torchvision ImageFolder layout, e.g. ImageNet)."""
@@ -237,6 +332,9 @@ def build_dataset(data_cfg, split: str, transform=None) -> LabeledImages:
     if data_cfg.format == "inat":
         return inat_dataset(index, images, num_classes, transform)
     categories = root / str(data_cfg.categories) if data_cfg.categories else None
+    if data_cfg.format == "csv":
+        return csv_dataset(index, images, num_classes, categories, root / str(data_cfg.train),
+                           root / str(data_cfg.train_images or ""), transform)
     return places_dataset(index, images, num_classes, categories, transform)
 
 

@@ -54,12 +54,17 @@ def set_rng_state(state: Dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def read_training_checkpoint(path: Path) -> Dict:
-    """The checkpoint at `path`, or TrainingError saying in one line why it cannot be resumed from."""
+def check_resume_file(path: Path) -> None:
+    """TrainingError unless `path` is a file (what the tools check before anything else runs)."""
     if not path.exists():
         raise TrainingError(f"{path}: cannot resume: no such file (train.resume)")
     if not path.is_file():
         raise TrainingError(f"{path}: cannot resume: a folder, not a checkpoint file (train.resume)")
+
+
+def read_training_checkpoint(path: Path) -> Dict:
+    """The checkpoint at `path`, or TrainingError saying in one line why it cannot be resumed from."""
+    check_resume_file(path)
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol: lines on top of the one-line report
             warnings.simplefilter("ignore")

@@ -1,5 +1,5 @@
-"""Label maps drawn for a person: class colours (mmseg's palette for ADE20K's 150 classes, distinct colours for
-other data), a colour overlay on the image, and a legend of the classes present."""
+"""Label maps drawn for a person: class colours (a data set's own palette, mmseg's palette for ADE20K's 150 classes,
+distinct colours for other data), a colour overlay on the image, and a legend of the classes present."""
 from typing import Optional, Sequence
 
 import numpy as np
@@ -10,8 +10,15 @@ from ..data.ade import ADE20K_CLASSES, ADE20K_PALETTE
 from ..drawing import display_size, distinct_colours, draw_legend, font, font_size, resize_for_display, side_by_side
 
 
-def class_colours(class_names: Sequence[str]) -> np.ndarray:
-    """(K, 3) uint8: ADE20K's palette for its 150 classes, else distinct colours."""
+def class_colours(class_names: Sequence[str], palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """(K, 3) uint8: `palette` when given (a data set's own, `data.palette`; a trained model's checkpoint meta
+    'palette'), else ADE20K's palette for its 150 classes, else distinct colours (`drawing.distinct_colours`, where
+    mmseg draws a random palette: the same classes get the same colours in every run)."""
+    if palette is not None and len(palette):
+        colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+        if len(colours) != len(class_names):
+            raise ValueError(f"a palette of {len(colours)} colours for {len(class_names)} classes")
+        return colours
     if tuple(class_names) == ADE20K_CLASSES:
         return np.array(ADE20K_PALETTE, dtype=np.uint8)
     return distinct_colours(len(class_names))
