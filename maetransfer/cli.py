@@ -27,6 +27,28 @@ TOOL_DEFAULTS: Dict[str, Tuple[str, str]] = {tool: (spec.demo_config, spec.outpu
 INPUT_ERRORS: Tuple[Type[BaseException], ...] = (InputError, FileNotFoundError)
 
 
+def number_in(kind: type, low: Optional[float] = None, high: Optional[float] = None, open_low: bool = False,
+              open_high: bool = False) -> Callable[[str], float]:
+    """An argparse `type` for a number of `kind` within [low, high] (an end open when asked): a value out of range is
+    a usage error of one line naming the option, as a wrong type is."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        below = low is not None and (value <= low if open_low else value < low)
+        above = high is not None and (value >= high if open_high else value > high)
+        if below or above:
+            if low is not None and high is not None:
+                span = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+            else:
+                span = f"{'above' if open_low else 'at least'} {low}" if low is not None else f"at most {high}"
+            raise argparse.ArgumentTypeError(f"{text} must be {span}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = None,
                 output_root: Optional[str] = None) -> argparse.ArgumentParser:
     """The training tools' command line; `output_root`: where runs go when the config names no output folder."""

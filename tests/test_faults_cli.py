@@ -3,6 +3,8 @@ as one line, and nothing of an earlier run is lost."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -465,3 +467,36 @@ def test_error_lines_name_the_fix(cls_data, tmp_path, capsys):
         code, err = _fails(train_cls.main, ["--output-dir", str(out), *argv], capsys)
         assert (code, err[-1]) == (1, line)
         assert not (out / "checkpoint.pth").exists()
+
+
+@pytest.mark.parametrize("tool, argv, line", [
+    ("predict", ["--topk", "-2"], "error: argument --topk: -2 must be at least 1"),
+    ("predict", ["--workers", "-1"], "error: argument --workers: -1 must be at least 0"),
+    ("predict", ["--batch-size", "-1"], "error: argument --batch-size: -1 must be at least 1"),
+    ("predict", ["--score-thresh", "1.5"], "error: argument --score-thresh: 1.5 must be in [0, 1]"),
+    ("visualize_mae", ["--mask-ratio", "1.5"], "error: argument --mask-ratio: 1.5 must be in [0, 1)"),
+    ("submit", ["--nodes", "0"], "error: argument --nodes: 0 must be at least 1"),
+])
+def test_numeric_options_are_range_checked_where_they_are_parsed(tool, argv, line):
+    common = {"predict": ["--config", "configs/cls/demo.yaml", "--checkpoint", "x.pth", "--output", "out", "a.jpg"],
+              "visualize_mae": ["x.pth", "a.jpg"], "submit": ["tools/train_det.py"]}[tool]
+    run = subprocess.run([sys.executable, f"tools/{tool}.py", *argv, *common], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and run.stderr.splitlines()[-1] == f"{tool}.py: {line}", run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_submit_without_srun_prints_its_dry_run_and_refuses_to_submit_in_one_line(tmp_path):
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"  # a PATH with python and without Slurm's commands
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    command = [sys.executable, "tools/submit.py", "tools/train_det.py", "--output-dir", str(tmp_path / "run")]
+    dry = subprocess.run([*command[:2], "--dry-run", *command[2:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert dry.returncode == 0 and "#SBATCH --requeue" in dry.stdout, dry.stderr
+    real = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (real.returncode, real.stderr.strip()) == (1, "error: Slurm's srun is not on PATH: submit from a node of "
+                                                         "the cluster (--dry-run prints the batch script anywhere)")
+    assert not (tmp_path / "run").exists()

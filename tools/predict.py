@@ -15,6 +15,8 @@ also as predictions.csv).
 """
 import argparse
 
+from maetransfer.cli import number_in
+
 # Parsed before torch is imported, so that --help and usage errors answer at once.
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or glob "
@@ -25,15 +27,15 @@ parser.add_argument("--checkpoint", required=True, help="trained model: a file o
                                                         "(python -m maetransfer.zoo)")
 parser.add_argument("--output", required=True, help="folder for the pictures and predictions")
 parser.add_argument("--overwrite", action="store_true", help="replace files of an earlier run in --output")
-parser.add_argument("--score-thresh", type=float, help="detection: lowest score kept (default 0.5)")
-parser.add_argument("--topk", type=int, help="classification: labels per image (default 5)")
+parser.add_argument("--score-thresh", type=number_in(float, 0, 1), help="detection: lowest score kept (default 0.5)")
+parser.add_argument("--topk", type=number_in(int, 1), help="classification: labels per image (default 5)")
 parser.add_argument("--class-names", help="text file of one class name per line, replacing the checkpoint's")
 parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
 parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                     help="autocast dtype (default: fp32, as evaluation)")
-parser.add_argument("--batch-size", type=int, help="images per forward pass (default: the config's eval.batch_size, "
+parser.add_argument("--batch-size", type=number_in(int, 1), help="images per forward pass (default: the config's eval.batch_size, "
                                                    "else 1)")
-parser.add_argument("--workers", type=int, default=2, help="processes reading images (default 2)")
+parser.add_argument("--workers", type=number_in(int, 0), default=2, help="processes reading images (default 2)")
 parser.add_argument("--unsafe-load", action="store_true",
                     help="fully unpickle checkpoints that weights_only loading refuses (only files you trust)")
 

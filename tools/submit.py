@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from maetransfer.cli import TOOL_DEFAULTS, command_output_dir
+from maetransfer.cli import TOOL_DEFAULTS, command_output_dir, number_in
 
 
 def sbatch_option(text: str):
@@ -31,19 +31,19 @@ def sbatch_option(text: str):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     job = parser.add_argument_group("resources")
-    job.add_argument("--nodes", type=int, default=1)
-    job.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU (0: a CPU job)")
-    job.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or 1 without GPUs")
-    job.add_argument("--cpus-per-task", type=int)
-    job.add_argument("--mem-gb", type=float, help="memory per node")
-    job.add_argument("--time", type=int, default=60, help="time limit in minutes (default 60)")
+    job.add_argument("--nodes", type=number_in(int, 1), default=1)
+    job.add_argument("--gpus-per-node", type=number_in(int, 0), default=0, help="one task per GPU (0: a CPU job)")
+    job.add_argument("--tasks-per-node", type=number_in(int, 1), help="default: --gpus-per-node, or 1 without GPUs")
+    job.add_argument("--cpus-per-task", type=number_in(int, 1))
+    job.add_argument("--mem-gb", type=number_in(float, 0, open_low=True), help="memory per node")
+    job.add_argument("--time", type=number_in(int, 1), default=60, help="time limit in minutes (default 60)")
     job.add_argument("--partition")
     job.add_argument("--account")
     job.add_argument("--qos")
     job.add_argument("--constraint")
     job.add_argument("--comment")
     job.add_argument("--job-name", help="default: the tool's name")
-    job.add_argument("--signal-delay", type=int, default=120,
+    job.add_argument("--signal-delay", type=number_in(int, 0), default=120,
                      help="seconds before the time limit at which the run checkpoints and requeues (default 120)")
     job.add_argument("--sbatch", type=sbatch_option, action="append", default=[], metavar="KEY=VALUE",
                      help="any other sbatch option, e.g. --sbatch exclusive --sbatch mail-type=END (repeatable)")
@@ -68,14 +68,18 @@ def main(argv=None) -> None:
         parser.exit(2, "error: tools/submit.py needs submitit: pip install -e \".[slurm]\" (or submit "
                        "tools/slurm_job.sbatch with sbatch)\n")
     # imported once the command line is parsed: --help needs no torch
-    from maetransfer.engine.submission import JobResources, ToolJob, sbatch_script, slurm_executor, task_log
+    from maetransfer.engine.submission import (JobResources, SubmissionError, ToolJob, sbatch_script, slurm_executor,
+                                               task_log)
 
     resources = JobResources(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
                              cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, time_min=args.time,
                              partition=args.partition, account=args.account, qos=args.qos,
                              constraint=args.constraint, comment=args.comment, job_name=args.job_name or tool.stem,
                              signal_delay_s=args.signal_delay, sbatch=dict(args.sbatch))
-    executor = slurm_executor(log_dir, resources)
+    try:
+        executor = slurm_executor(log_dir, resources, dry_run=args.dry_run)
+    except SubmissionError as exc:
+        parser.exit(1, f"error: {exc}\n")
     command = shlex.join([sys.executable, "-u", str(tool), *args.tool_args])
     if args.dry_run:
         print(f"# would submit: {command}\n# logs: {log_dir}\n{sbatch_script(executor)}")

@@ -9,7 +9,7 @@ Released `_full` files predict per-patch normalised pixels: pass --norm-pix to s
 """
 import argparse
 
-from maetransfer.cli import OutputPathError, check_writable_file
+from maetransfer.cli import OutputPathError, check_writable_file, number_in
 
 
 def main(argv=None):
@@ -17,7 +17,8 @@ def main(argv=None):
     parser.add_argument("checkpoint", help="file, HF folder, released name (python -m maetransfer.zoo) or hub id")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--out", default="mae_reconstruction.png")
-    parser.add_argument("--mask-ratio", type=float, default=0.75)
+    parser.add_argument("--mask-ratio", type=number_in(float, 0, 1, open_high=True), default=0.75,
+                        help="share of the patches masked, in [0, 1) (default 0.75)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random mask")
     parser.add_argument("--norm-pix", action="store_true", help="the model predicts normalised patches")
     parser.add_argument("--num-heads", type=int, help="encoder heads, for sizes the file does not reveal")

@@ -114,9 +114,14 @@ def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_ind
     return label
 
 
-def _split_folder(folder: str, split: str) -> str:
-    """`folder` with `{split}` replaced by the split, else the split's sub-folder of `folder`."""
-    return folder.replace("{split}", split) if "{split}" in folder else f"{folder}/{split}"
+def _split_folders(root: Path, folder: str, split: str) -> List[Path]:
+    """Where the `split` part of `folder` may be, the first that exists first: `folder/split` (ADE20K's
+    images/training, mmseg's img_path='images/train'), else `split/folder` (the train/images, val/images layout of many
+    own data sets), so that one key serves both layouts without a placeholder that YAML or the shell would read."""
+    candidates = [root / folder / split, root / split / folder]
+    if Path(folder).is_absolute():  # root / split / "/abs" would be /abs itself, the same folder for every split
+        candidates[1] = candidates[0]
+    return sorted(candidates, key=lambda d: not d.is_dir())
 
 
 def _files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
@@ -134,9 +139,9 @@ def _files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
 class ADE20KDataset(Dataset):
     """Images and label maps of one split: `root/images/<split>/*.jpg` with `root/annotations/<split>/*.png` of the
     same stem (ADEChallengeData2016), or any two folders as mmseg's BaseSegDataset pairs them: `img_dir` and
-    `ann_dir` (relative to `root` unless absolute; `{split}` in them is replaced by the split, else the split is a
-    sub-folder of each), files found in sub-folders too, an image `<name><img_suffix>` paired with the label map
-    `<name><seg_map_suffix>` at the same relative path.
+    `ann_dir` (relative to `root` unless absolute), each with the split as its sub-folder or inside the split's
+    folder (`_split_folders`), files found in sub-folders too, an image `<name><img_suffix>` paired with the label
+    map `<name><seg_map_suffix>` at the same relative path.
 
     Returns {'image': uint8 (3, H, W), 'label': int64 (H, W), 'name': the pair's name with '/' as '_'} passed through
     `transform` when given.
@@ -152,15 +157,21 @@ class ADE20KDataset(Dataset):
                  transform=None, ignore_index: int = 255, img_dir: str = "", ann_dir: str = "",
                  img_suffix: str = ".jpg", seg_map_suffix: str = ".png"):
         self.root = Path(root)
-        hint = (f"expected the ADEChallengeData2016 layout images/{split}/*.jpg + annotations/{split}/*.png; "
-                f"{ROOT_HINT}, or data.img_dir / data.ann_dir to your folders")
         if img_dir or ann_dir:
-            hint = f"data.img_dir={img_dir}, data.ann_dir={ann_dir} under data.root={root}"
-        img_dir, ann_dir = (self.root / _split_folder(given or default, split)
-                            for given, default in ((img_dir, "images"), (ann_dir, "annotations")))
-        for d in (img_dir, ann_dir):
-            if not d.is_dir():
-                raise MissingFileError(f"{d}: directory not found ({hint})")
+            folders = [_split_folders(self.root, given or default, split)
+                       for given, default in ((img_dir, "images"), (ann_dir, "annotations"))]
+            for first, other in folders:
+                if not first.is_dir():
+                    raise MissingFileError(f"{first}: directory not found, nor {other} (data.img_dir={img_dir}, "
+                                           f"data.ann_dir={ann_dir}, split {split}, under data.root)")
+            img_dir, ann_dir = folders[0][0], folders[1][0]
+        else:
+            img_dir, ann_dir = self.root / "images" / split, self.root / "annotations" / split
+            for d in (img_dir, ann_dir):
+                if not d.is_dir():
+                    raise MissingFileError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
+                                           f"images/{split}/*.jpg + annotations/{split}/*.png; {ROOT_HINT}, or "
+                                           "data.img_dir / data.ann_dir to your folders)")
         images, labels = _files_by_stem(img_dir, img_suffix), _files_by_stem(ann_dir, seg_map_suffix)
         if not images:
             others = sorted(os.listdir(img_dir))

@@ -9,19 +9,21 @@ classification: the annotation file, and which listed images exist; segmentation
 themselves are decoded only when drawn. Bad input that stops the run (a missing config, folder or annotation file, a
 file that is not the format at all) is an `InputError`, as in training.
 """
+import io
 import json
 import os
 import random
 import re
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.utils import draw_bounding_boxes
@@ -55,6 +57,7 @@ KINDS = (LABEL_OUT_OF_RANGE, UNKNOWN_IMAGE, BOX_OUTSIDE, UNUSABLE_ANNOTATION, NO
 PROBLEMS_FILE = "problems.json"
 MAX_LISTED = 1000   # items of one kind written to problems.json (the count is always the total)
 PRINTED = 3         # examples of each kind in the printed summary
+PRINTED_CLASSES = 20  # classes with no instance named in the printed summary
 
 # <index in the split, 5+ digits>_<image stem>[_augmented].png
 PICTURE = re.compile(r"\d{5,}_.+\.png")
@@ -99,6 +102,10 @@ class Problems:
         lines = [f"{total} problem{'s' * (total > 1)} in {what} (all of them in {where}):"]
         for kind in self.kinds():
             items = self.items[kind]
+            if kind == EMPTY_CLASS:  # short items: the classes on one line
+                more = ", ..." if len(items) > PRINTED_CLASSES else ""
+                lines += [f"  {kind}: {len(items)}", f"    {', '.join(items[:PRINTED_CLASSES])}{more}"]
+                continue
             more = f" (and {len(items) - PRINTED} more)" if len(items) > PRINTED else ""
             lines.append(f"  {kind}: {len(items)}{more}")
             lines += [f"    {item}" for item in items[:PRINTED]]
@@ -153,6 +160,11 @@ class Browser:
     def __len__(self) -> int:
         raise NotImplementedError
 
+    @property
+    def listed(self) -> int:
+        """How many images the split lists (some may not be drawable: `skip`, or left out of `len`)."""
+        return len(self)
+
     def stem(self, index: int) -> str:
         raise NotImplementedError
 
@@ -191,7 +203,7 @@ class _CocoSplit(CocoDetection):
     """A COCO split built from annotations already read and checked here (CocoDetection's reading, targets and
     transforms; its own build-time checks would stop at the first problem)."""
 
-    def __init__(self, image_dir: Path, ann_file: Path, coco, transforms=None):  # noqa: super() not called
+    def __init__(self, image_dir: Path, ann_file: Path, coco, transforms=None):  # not CocoDetection's checks
         self.image_dir, self.ann_file, self.coco, self.transforms = image_dir, ann_file, coco, transforms
         self.category_ids = sorted(self.coco.cats)
         self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
@@ -224,8 +236,6 @@ class DetectionBrowser(Browser):
     def __init__(self, cfg: DictConfig, split: str, problems: Problems):
         super().__init__()
         from pycocotools.coco import COCO
-        from contextlib import redirect_stdout
-        import io
 
         from ..det.train import coco_split
 
@@ -349,41 +359,58 @@ class _LabelStats(Dataset):
 
 
 class SegmentationBrowser(Browser):
-    """An ADE20K-layout split (data.train_split / val_split); --augmented: SegTrainTransform, normalised with
-    data.mean/std and padded to data.crop_size."""
+    """A segmentation split (data.train_split / val_split) in the configured layout: ADE20K's images/<split> and
+    annotations/<split>, or data.img_dir / data.ann_dir with data.img_suffix / data.seg_map_suffix, paired as
+    `ADE20KDataset` pairs them; --augmented: SegTrainTransform, normalised with data.mean/std and padded to
+    data.crop_size."""
 
     task = "seg"
 
     def __init__(self, cfg: DictConfig, split: str, problems: Problems, workers: int = 0):
         super().__init__()
-        from ..seg.train import class_names
-        from .ade import SegTrainTransform
+        from ..seg.train import class_names, class_palette
+        from ..seg.visualize import class_colours
+        from .ade import SegTrainTransform, _files_by_stem, _split_folders
 
         d = cfg.data
-        self.cfg = cfg
         self.class_names = class_names(cfg)
+        self.colours = class_colours(self.class_names, class_palette(cfg, len(self.class_names)))
         self.num_classes = len(self.class_names)
         self.reduce = bool(d.reduce_zero_label)
         self.ignore = int(cfg.model.ignore_index)
         self.split = str(d.train_split if split == "train" else d.val_split)
         root = Path(d.root)
-        img_dir, ann_dir = root / "images" / self.split, root / "annotations" / self.split
-        self.source = str(root)
-        for folder in (img_dir, ann_dir):
-            if not folder.is_dir():
-                raise MissingFileError(f"{folder}: directory not found (expected the ADEChallengeData2016 layout "
-                                       f"images/{self.split}/*.jpg + annotations/{self.split}/*.png; {ROOT_HINT})")
-        images = {n[:-4]: n for n in os.listdir(img_dir) if n.endswith(".jpg")}
-        labels = {n[:-4]: n for n in os.listdir(ann_dir) if n.endswith(".png")}
+        img_dir, ann_dir = str(d.get("img_dir", "") or ""), str(d.get("ann_dir", "") or "")
+        img_suffix, seg_suffix = str(d.get("img_suffix", ".jpg")), str(d.get("seg_map_suffix", ".png"))
+        if img_dir or ann_dir:
+            folders = [_split_folders(root, given or default, self.split)
+                       for given, default in ((img_dir, "images"), (ann_dir, "annotations"))]
+            for first, other in folders:
+                if not first.is_dir():
+                    raise MissingFileError(f"{first}: directory not found, nor {other} (data.img_dir={img_dir}, "
+                                           f"data.ann_dir={ann_dir}, split {self.split}, under data.root)")
+            image_folder, label_folder = folders[0][0], folders[1][0]
+        else:
+            image_folder, label_folder = root / "images" / self.split, root / "annotations" / self.split
+            for folder in (image_folder, label_folder):
+                if not folder.is_dir():
+                    raise MissingFileError(f"{folder}: directory not found (expected the ADEChallengeData2016 layout "
+                                           f"images/{self.split}/*.jpg + annotations/{self.split}/*.png; "
+                                           f"{ROOT_HINT}, or data.img_dir / data.ann_dir to your folders)")
+        self.source = str(image_folder)
+        images, labels = _files_by_stem(image_folder, img_suffix), _files_by_stem(label_folder, seg_suffix)
         if not images:
-            raise DatasetError(f"{img_dir}: no .jpg images")
-        for stem in sorted(set(labels) - set(images)):
-            problems.add(ORPHAN_LABEL, f"{ann_dir / labels[stem]}: no image {stem}.jpg in {img_dir}")
+            raise DatasetError(f"{image_folder}: no {img_suffix} images")
+        for key in sorted(set(labels) - set(images)):
+            problems.add(ORPHAN_LABEL, f"{label_folder / labels[key]}: no image {key}{img_suffix} in {image_folder}")
+        keys = sorted(images, key=images.get)
         self.samples: List[Tuple[Path, Optional[Path]]] = [
-            (img_dir / images[stem], ann_dir / labels[stem] if stem in labels else None) for stem in sorted(images)]
+            (image_folder / images[key], label_folder / labels[key] if key in labels else None) for key in keys]
+        self.names = [key.replace("/", "_") for key in keys]
         for index, (image_path, label_path) in enumerate(self.samples):
             if label_path is None:
-                problems.add(NO_ANNOTATION, f"{image_path}: no label map (expected {ann_dir / image_path.stem}.png)")
+                problems.add(NO_ANNOTATION, f"{image_path}: no label map (expected "
+                                            f"{label_folder / keys[index]}{seg_suffix})")
                 self.skip.add(index)
         self._check_labels(problems, workers)
         self.transform = SegTrainTransform(d, self.ignore)
@@ -436,7 +463,7 @@ class SegmentationBrowser(Browser):
         return len(self.samples)
 
     def stem(self, index: int) -> str:
-        return self.samples[index][0].stem
+        return self.names[index]
 
     def read_label(self, path: Path) -> torch.Tensor:
         """The label map as training uses it ((H, W) int64 classes, `ignore` elsewhere); values out of range are
@@ -457,9 +484,9 @@ class SegmentationBrowser(Browser):
         image_path, label_path = self.samples[index]
         image, label = read_image(image_path), self.read_label(label_path)
         if augmented:
-            sample = self.transform({"image": image, "label": label, "name": image_path.stem})
+            sample = self.transform({"image": image, "label": label, "name": self.names[index]})
             image, label = to_uint8(sample["image"], self.mean, self.std), sample["label"]
-        return draw_segmentation(image, label, self.class_names)
+        return draw_segmentation(image, label, self.class_names, self.colours)
 
 
 # -- classification ----------------------------------------------------------------------------------------------------
@@ -483,16 +510,18 @@ class ClassificationBrowser(Browser):
         self.image_root = root / str(d[f"{split}_images"] or "")
         num_classes = int(d.num_classes) if d.num_classes is not None else None
         if d.format == "inat":
-            paths, labels, names = self._inat(index, num_classes, problems)
+            paths, labels, names, listed = self._inat(index, num_classes, problems)
         elif d.format == "places":
             categories = root / str(d.categories) if d.categories else None
-            paths, labels, names = self._places(index, num_classes, categories, problems)
+            paths, labels, names, listed = self._places(index, num_classes, categories, problems)
         else:
             self.image_root = index
             paths, labels, names = self._folder(index, num_classes)
+            listed = len(paths)
         if not paths:
             raise DatasetError(f"{index}: lists no usable image")
         self.paths, self.labels, self.class_names = paths, labels, names
+        self._listed = listed
         for i in _missing_files(self.image_root, paths):
             problems.add(UNREADABLE_IMAGE, f"{self.image_root / paths[i]}: image file not found (listed in "
                                            f"{index.name})")
@@ -548,7 +577,7 @@ class ClassificationBrowser(Browser):
                 continue
             paths.append(file_name)
             labels.append(label_of_image[image_id])
-        return paths, labels, [names[c] for c in cat_ids]
+        return paths, labels, [names[c] for c in cat_ids], len(data["images"])
 
     def _places(self, path: Path, num_classes: Optional[int], categories: Optional[Path], problems: Problems):
         from .cls import _LETTER_DIR, _read_categories
@@ -561,11 +590,12 @@ class ClassificationBrowser(Browser):
             num_classes = len(names)
         if num_classes is None:
             raise ConfigError(f"{path}: set data.num_classes (or data.categories) for a list-file dataset")
-        paths, labels = [], []
+        paths, labels, listed = [], [], 0
         with open(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                listed += 1
                 parts = line.rsplit(maxsplit=1)
                 if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                     problems.add(BAD_ENTRY, f"{path.name}: line {lineno}: expected 'image_path label', got "
@@ -583,7 +613,7 @@ class ClassificationBrowser(Browser):
             for p, label in zip(paths, labels):
                 if names[label] == str(label) and "/" in p:
                     names[label] = _LETTER_DIR.sub("", os.path.dirname(p))
-        return paths, labels, names
+        return paths, labels, names, listed
 
     def _folder(self, folder: Path, num_classes: Optional[int]):
         if not folder.is_dir():
@@ -599,6 +629,10 @@ class ClassificationBrowser(Browser):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def listed(self) -> int:
+        return self._listed
 
     def stem(self, index: int) -> str:
         return Path(self.paths[index]).stem
@@ -669,9 +703,9 @@ def browse(cfg: DictConfig, task: str, split: str, out: Path, num: int = 16, aug
             atomic_write(out / name, lambda tmp: picture.save(tmp, format="PNG"))
             written.append(name)
             bar.update(1)
-    what = f"{browser.split} ({len(browser)} images, {len(browser.class_names)} classes)"
+    what = f"{browser.split} ({browser.listed} images, {len(browser.class_names)} classes)"
     report = {"config": config_name, "task": task, "split": browser.split, "source": browser.source,
-              "images": len(browser), "classes": len(browser.class_names), "augmented": augmented,
+              "images": browser.listed, "classes": len(browser.class_names), "augmented": augmented,
               "pictures": written, "problems": problems.to_json()}
     write_text(out / PROBLEMS_FILE, json.dumps(report, indent=1) + "\n")
     took = time.time() - start

@@ -7,10 +7,17 @@ the next iteration, then requeue); before training starts, submitit's own handle
 """
 import os
 import runpy
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from ..errors import InputError
+
+
+class SubmissionError(InputError):
+    """A job that cannot be submitted from here."""
 
 
 @dataclass
@@ -63,10 +70,21 @@ class JobResources:
                 **{k: v for k, v in optional.items() if v is not None}}
 
 
-def slurm_executor(log_dir: Path, resources: JobResources):
-    """A submitit executor that writes the job's script, pickled call and per-task logs into `log_dir`."""
+def slurm_executor(log_dir: Path, resources: JobResources, dry_run: bool = False):
+    """A submitit executor that writes the job's script, pickled call and per-task logs into `log_dir`. Submitting
+    needs Slurm's srun on PATH (SubmissionError, one line, without it); a `dry_run` executor only shows its script,
+    which needs no Slurm at all."""
     import submitit
-    executor = submitit.SlurmExecutor(folder=str(log_dir), python=sys.executable)
+
+    class DryRunExecutor(submitit.SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:  # submitit refuses to build an executor where it finds no srun
+            return 1
+
+    if not dry_run and shutil.which("srun") is None:
+        raise SubmissionError("Slurm's srun is not on PATH: submit from a node of the cluster (--dry-run prints the "
+                              "batch script anywhere)")
+    executor = (DryRunExecutor if dry_run else submitit.SlurmExecutor)(folder=str(log_dir), python=sys.executable)
     executor.update_parameters(**resources.executor_parameters())
     return executor
 

@@ -1,6 +1,7 @@
 """Segmentation transfer run: ADE20K-layout data + UperNet on the shared engine, then mIoU evaluation."""
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -28,21 +29,20 @@ class SegLoss:
 
 
 def class_names(cfg: DictConfig) -> List[str]:
-    """The class names, index = class (with reduce_zero_label, label value - 1): `data.class_names`, else the lines
-    of `data.class_names_file` (one name per line, relative to data.root unless absolute), else ADE20K's; as many as
-    model.num_classes."""
+    """The class names, index = class (with reduce_zero_label, label value - 1): the lines of
+    `data.class_names_file` (one name per line, relative to data.root unless absolute) when set, since a file is
+    given on purpose where `data.class_names` may be the recipe's own (the demo's shapes); else `data.class_names`,
+    else ADE20K's; as many as model.num_classes."""
     d = cfg.data
     source = "data.class_names"
-    if d.class_names and d.get("class_names_file"):
-        raise ConfigError("data.class_names and data.class_names_file are both set: give the names one way")
-    if d.class_names:
-        names = list(d.class_names)
-    elif d.get("class_names_file"):
+    if d.get("class_names_file"):
         path = Path(d.root) / str(d.class_names_file)
         if not path.is_file():
             raise MissingFileError(f"{path}: class names file not found (data.class_names_file)")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         source = f"{path} (data.class_names_file)"
+    elif d.class_names:
+        names = list(d.class_names)
     else:
         names = list(ADE20K_CLASSES)
     if len(names) != int(cfg.model.num_classes):
