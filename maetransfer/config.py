@@ -78,7 +78,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.mode": ("finetune", "linear", "partial"),      # cls
     "model.global_pool": ("avg", "token"),                # cls
     "model.mask_sampler": ("random", "block", "grid"),    # pretrain
-    "data.format": ("imagefolder", "inat", "places"),     # cls
+    "data.format": ("imagefolder", "inat", "places", "csv"),  # cls
     "eval.mode": ("slide", "whole"),                      # seg
 }
 # Numbers with a range: (test, what the value must be). None passes where the key's type allows it.

@@ -48,7 +48,7 @@ BAD_VALUES = [
      "you mean vit_base?)"),
     ("train_cls", "model.mode=linprobe", "model.mode=linprobe is not one of finetune, linear, partial"),
     ("train_cls", "model.global_pool=mean", "model.global_pool=mean is not one of avg, token"),
-    ("train_cls", "data.format=coco", "data.format=coco is not one of imagefolder, inat, places"),
+    ("train_cls", "data.format=coco", "data.format=coco is not one of imagefolder, inat, places, csv"),
     ("train_det", "model.rel_pos=rope", "model.rel_pos=rope is not one of decomposed, bias, ''"),
     ("train_det", "model.pyramid=fpn", "model.pyramid=fpn is not one of simple, multilevel"),
     ("train_det", "model.pyramid_norm=IN", "model.pyramid_norm=IN is not one of LN, BN, SyncBN, GN, ''"),

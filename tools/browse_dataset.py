@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         parser.exit(2, f"error: {args.config} is a {spec.noun} recipe: this tool shows the data sets of detection, "
                        "segmentation and classification recipes\n")
     from maetransfer.cli import run_tool
-    from maetransfer.data.browse import browse, check_outputs
+    from maetransfer.browse import browse, check_outputs
 
     out = Path(args.output_dir)
     prepare_output(parser, lambda: (check_demo_data(cfg, spec.demo_config), check_outputs(out, args.overwrite)))

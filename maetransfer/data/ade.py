@@ -124,7 +124,7 @@ def _split_folders(root: Path, folder: str, split: str) -> List[Path]:
     return sorted(candidates, key=lambda d: not d.is_dir())
 
 
-def _files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
+def files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
     """{path relative to `folder` without `suffix`: path relative to `folder`} of the files below `folder` (sub-folders
     included, as mmseg's BaseSegDataset lists them) whose names end with `suffix`."""
     found = {}
@@ -134,6 +134,26 @@ def _files_by_stem(folder: Path, suffix: str) -> Dict[str, str]:
         prefix = "" if prefix == "." else prefix.replace(os.sep, "/") + "/"
         found.update({prefix + name[:-len(suffix)]: prefix + name for name in names if name.endswith(suffix)})
     return found
+
+
+def split_folders(root: Path, split: str, img_dir: str = "", ann_dir: str = "") -> Tuple[Path, Path]:
+    """(image folder, label folder) of `split`: data.img_dir / data.ann_dir under `root` (each holding the split's
+    folder or inside it), else the ADEChallengeData2016 layout; MissingFileError (one line) for a missing one."""
+    if img_dir or ann_dir:
+        folders = [_split_folders(root, given or default, split)
+                   for given, default in ((img_dir, "images"), (ann_dir, "annotations"))]
+        for first, other in folders:
+            if not first.is_dir():
+                raise MissingFileError(f"{first}: directory not found, nor {other} (data.img_dir={img_dir}, "
+                                       f"data.ann_dir={ann_dir}, split {split}, under data.root)")
+        return folders[0][0], folders[1][0]
+    images, labels = root / "images" / split, root / "annotations" / split
+    for folder in (images, labels):
+        if not folder.is_dir():
+            raise MissingFileError(f"{folder}: directory not found (expected the ADEChallengeData2016 layout "
+                                   f"images/{split}/*.jpg + annotations/{split}/*.png; {ROOT_HINT}, or "
+                                   "data.img_dir / data.ann_dir to your folders)")
+    return images, labels
 
 
 class ADE20KDataset(Dataset):
@@ -157,22 +177,8 @@ class ADE20KDataset(Dataset):
                  transform=None, ignore_index: int = 255, img_dir: str = "", ann_dir: str = "",
                  img_suffix: str = ".jpg", seg_map_suffix: str = ".png"):
         self.root = Path(root)
-        if img_dir or ann_dir:
-            folders = [_split_folders(self.root, given or default, split)
-                       for given, default in ((img_dir, "images"), (ann_dir, "annotations"))]
-            for first, other in folders:
-                if not first.is_dir():
-                    raise MissingFileError(f"{first}: directory not found, nor {other} (data.img_dir={img_dir}, "
-                                           f"data.ann_dir={ann_dir}, split {split}, under data.root)")
-            img_dir, ann_dir = folders[0][0], folders[1][0]
-        else:
-            img_dir, ann_dir = self.root / "images" / split, self.root / "annotations" / split
-            for d in (img_dir, ann_dir):
-                if not d.is_dir():
-                    raise MissingFileError(f"{d}: directory not found (expected the ADEChallengeData2016 layout "
-                                           f"images/{split}/*.jpg + annotations/{split}/*.png; {ROOT_HINT}, or "
-                                           "data.img_dir / data.ann_dir to your folders)")
-        images, labels = _files_by_stem(img_dir, img_suffix), _files_by_stem(ann_dir, seg_map_suffix)
+        img_dir, ann_dir = split_folders(self.root, split, img_dir, ann_dir)
+        images, labels = files_by_stem(img_dir, img_suffix), files_by_stem(ann_dir, seg_map_suffix)
         if not images:
             others = sorted(os.listdir(img_dir))
             content = f"it holds {len(others)} other files, e.g. {others[0]}" if others else "it is empty"

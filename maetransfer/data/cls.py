@@ -19,7 +19,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -99,16 +99,14 @@ class LabeledImages(Dataset):
                 f"images under {self.image_root})")
 
 
-def _check_num_classes(found: int, expected: Optional[int], source: str) -> None:
+def check_num_classes(found: int, expected: Optional[int], source: str) -> None:
     if expected is not None and found != expected:
         raise DatasetError(f"{source}: has {found} classes but data.num_classes is {expected}")
 
 
 # -- iNaturalist ---------------------------------------------------------------------------------------------------
-def inat_dataset(json_path, image_root, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
-    """iNaturalist 2017/2018/2019 annotation file (one category per image)."""
-    json_path = Path(json_path)
-    data = read_annotation_json(json_path, error=DatasetError)
+def inat_categories(data: Dict, json_path: Path, num_classes: Optional[int]):
+    """(sorted category ids, {id: name}, {id: label}) of an iNaturalist annotation file's 'categories'."""
     try:
         cat_ids = sorted({int(c["id"]) for c in data["categories"]})
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
@@ -116,9 +114,15 @@ def inat_dataset(json_path, image_root, num_classes: Optional[int] = None, trans
         raise DatasetError(f"{json_path}: every category needs an integer 'id'") from None
     if not cat_ids:
         raise DatasetError(f"{json_path}: 'categories' is empty")
-    _check_num_classes(len(cat_ids), num_classes, str(json_path))
-    label_of = {cid: i for i, cid in enumerate(cat_ids)}
+    check_num_classes(len(cat_ids), num_classes, str(json_path))
+    return cat_ids, names, {cid: i for i, cid in enumerate(cat_ids)}
 
+
+def inat_dataset(json_path, image_root, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
+    """iNaturalist 2017/2018/2019 annotation file (one category per image)."""
+    json_path = Path(json_path)
+    data = read_annotation_json(json_path, error=DatasetError)
+    cat_ids, names, label_of = inat_categories(data, json_path, num_classes)
     label_of_image = {}
     for n, ann in enumerate(data["annotations"]):
         try:
@@ -147,10 +151,10 @@ def inat_dataset(json_path, image_root, num_classes: Optional[int] = None, trans
 
 
 # -- Places list files ---------------------------------------------------------------------------------------------
-_LETTER_DIR = re.compile(r"^/?[a-z]/")  # Places group their class folders under the first letter: /a/airfield
+LETTER_DIR = re.compile(r"^/?[a-z]/")  # Places group their class folders under the first letter: /a/airfield
 
 
-def _read_categories(path: Path) -> List[str]:
+def read_categories(path: Path) -> List[str]:
     """categories_places365.txt: "/a/airfield 0" lines, indices 0..N-1 in order."""
     if not path.is_file():
         raise DatasetError(f"{path}: category file not found")
@@ -161,7 +165,7 @@ def _read_categories(path: Path) -> List[str]:
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DatasetError(f"{path}: line {lineno}: expected 'name index', got {line.strip()!r}")
-        names[int(parts[1])] = _LETTER_DIR.sub("", parts[0])
+        names[int(parts[1])] = LETTER_DIR.sub("", parts[0])
     if sorted(names) != list(range(len(names))):
         raise DatasetError(f"{path}: class indices are not 0..{len(names) - 1}")
     return [names[i] for i in range(len(names))]
@@ -174,9 +178,9 @@ def places_dataset(list_path, image_root, num_classes: Optional[int] = None, cat
     list_path = Path(list_path)
     if not list_path.is_file():
         raise DatasetError(f"{list_path}: list file not found")
-    names = _read_categories(Path(categories)) if categories else None
+    names = read_categories(Path(categories)) if categories else None
     if names is not None:
-        _check_num_classes(len(names), num_classes, str(categories))
+        check_num_classes(len(names), num_classes, str(categories))
         num_classes = len(names)
     if num_classes is None:
         raise DatasetError(f"{list_path}: set data.num_classes (or data.categories) for a list-file dataset")
@@ -200,7 +204,7 @@ def places_dataset(list_path, image_root, num_classes: Optional[int] = None, cat
         names = [str(i) for i in range(num_classes)]
         for path, label in zip(paths, labels):  # first listed image of each class names it by its folder
             if names[label] == str(label) and "/" in path:
-                names[label] = _LETTER_DIR.sub("", os.path.dirname(path))
+                names[label] = LETTER_DIR.sub("", os.path.dirname(path))
     return LabeledImages(image_root, paths, labels, names, str(list_path), "line", lines, transform)
 
 
@@ -266,7 +270,7 @@ def csv_dataset(list_path, image_root, num_classes: Optional[int] = None, catego
     rows = _read_csv_list(list_path, str(image_root))
     names = _read_class_names(Path(categories)) if categories else None
     if names is not None:
-        _check_num_classes(len(names), num_classes, str(categories))
+        check_num_classes(len(names), num_classes, str(categories))
     by_name = any(not _is_index(label) for _, label, _ in rows)
     if by_name and any(_is_index(label) for _, label, _ in rows):
         lineno, label = next((n, label) for _, label, n in rows if _is_index(label))
@@ -277,7 +281,7 @@ def csv_dataset(list_path, image_root, num_classes: Optional[int] = None, catego
             _read_csv_list(Path(train_list), str(train_images or image_root))
         if any(not _is_index(label) for _, label, _ in train_rows):
             names = sorted({label for _, label, _ in train_rows})
-            _check_num_classes(len(names), num_classes, f"{train_list or list_path} (its class names)")
+            check_num_classes(len(names), num_classes, f"{train_list or list_path} (its class names)")
         else:
             names = [str(i) for i in range(num_classes or max(int(label) for _, label, _ in train_rows) + 1)]
     index_of = {name: i for i, name in enumerate(names)}
@@ -311,7 +315,7 @@ def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=No
         samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as exc:  # a class folder without images
         raise DatasetError(f"{folder}: {_one_line(exc)}") from None
-    _check_num_classes(len(classes), num_classes, str(folder))
+    check_num_classes(len(classes), num_classes, str(folder))
     paths = [os.path.relpath(p, folder) for p, _ in samples]
     # The scan found these files: no second check.
     return LabeledImages(str(folder), paths, [c for _, c in samples], classes, str(folder), transform=transform,

@@ -33,7 +33,7 @@ def draw_detections(image: torch.Tensor, detections: Dict[str, torch.Tensor], cl
     colours = [tuple(int(v) for v in c) for c in palette]
     index = torch.tensor(order)
     if "masks" in detections:
-        canvas = _fill_masks(canvas, detections["masks"].detach().cpu()[index], palette)
+        canvas = fill_masks(canvas, detections["masks"].detach().cpu()[index], palette)
     boxes = detections["boxes"].detach().float().cpu()[index] * torch.tensor([out_w / w, out_h / h] * 2)
     size = font_size(out_h, out_w)
     canvas = draw_bounding_boxes(canvas, boxes, colors=colours, width=max(2, size // 6))
@@ -45,7 +45,7 @@ def draw_detections(image: torch.Tensor, detections: Dict[str, torch.Tensor], cl
     return picture
 
 
-def _fill_masks(canvas: torch.Tensor, masks: torch.Tensor, palette: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+def fill_masks(canvas: torch.Tensor, masks: torch.Tensor, palette: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """Each mask of (N, H, W) filled in its colour at `alpha` over `canvas` (3, h, w), a later mask over an earlier
     one where they overlap (torchvision's draw_segmentation_masks paints overlaps black). The masks are resized to
     the canvas as one map of mask indices."""

@@ -31,7 +31,9 @@ class SegmentationPredictor(Predictor):
                  amp: str = "none", meta: Optional[Dict] = None, opacity: float = 0.5):
         super().__init__(cfg, model, class_names, device, amp, meta)
         self.opacity = opacity
-        self.colours = class_colours(self.class_names)
+        palette = self.meta.get("palette")  # a data set's own colours, as its training run stored them
+        self.colours = class_colours(self.class_names, palette if palette and len(palette) == len(class_names)
+                                     else None)
 
     @classmethod
     def load(cls, cfg: DictConfig, path: str, obj, meta: Dict, unsafe: bool):

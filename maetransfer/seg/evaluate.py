@@ -17,11 +17,12 @@ from .visualize import class_colours, colorize
 
 
 def save_visualization(path: Path, image: np.ndarray, label: np.ndarray, pred: np.ndarray,
-                       class_names: Sequence[str], ignore_index: int = 255) -> None:
+                       class_names: Sequence[str], ignore_index: int = 255, palette=None) -> None:
     """image | ground truth | prediction side by side (small images enlarged, `drawing.display_size`), in the class
     colours of `seg.visualize` (black = ignored; the prediction is dimmed where the ground truth is ignored, since
-    those pixels are not scored), with a legend of the classes present in either."""
-    colours = class_colours(class_names)
+    those pixels are not scored), with a legend of the classes present in either. `palette`: the data set's own
+    colours (data.palette), else those of `seg.visualize.class_colours`."""
+    colours = class_colours(class_names, palette)
     predicted = colorize(pred, colours, ignore_index)
     unscored = label == ignore_index
     predicted[unscored] = (predicted[unscored] * 0.35).astype(np.uint8)
@@ -53,8 +54,8 @@ class SegEvaluator(DatasetEvaluator):
         return batch[0]  # one image at a time, at its own size
 
     def __init__(self, dataset, eval_cfg, class_names: Sequence[str], scale: Sequence[int], mean: Sequence[float],
-                 std: Sequence[float], output_dir, ignore_index: int = 255):
-        self.dataset, self.eval_cfg, self.class_names = dataset, eval_cfg, list(class_names)
+                 std: Sequence[float], output_dir, ignore_index: int = 255, palette=None):
+        self.dataset, self.eval_cfg, self.class_names, self.palette = dataset, eval_cfg, list(class_names), palette
         self.scale, self.mean, self.std, self.ignore_index = tuple(scale), tuple(mean), tuple(std), ignore_index
         self.output_dir = Path(output_dir)
         self.reset()
@@ -71,7 +72,7 @@ class SegEvaluator(DatasetEvaluator):
         if dist.is_main_process() and self.shown < int(self.eval_cfg.num_vis):
             save_visualization(self.output_dir / "vis" / f"{inputs['name']}.png",
                                inputs["image"].permute(1, 2, 0).numpy(), inputs["label"].numpy(),
-                               outputs.cpu().numpy(), self.class_names, self.ignore_index)
+                               outputs.cpu().numpy(), self.class_names, self.ignore_index, self.palette)
             self.shown += 1
 
     def local_results(self):

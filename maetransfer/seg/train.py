@@ -140,7 +140,7 @@ class SegmentationTask(Task):
     def build_evaluator(self) -> SegEvaluator:
         cfg = self.cfg
         return SegEvaluator(self.val_set, cfg.eval, self.names, cfg.data.scale, cfg.data.mean, cfg.data.std,
-                            cfg.train.output_dir, self.ignore)
+                            cfg.train.output_dir, self.ignore, self.palette)
 
     def trainer_options(self) -> Dict:
         meta = {"class_names": self.names}  # for tools/predict.py

@@ -29,15 +29,21 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from ..cli import check_writable_folder
-from ..config import ConfigError
-from ..drawing import display_size, distinct_colours, draw_tag, font, font_size, resize_for_display
-from ..errors import InputError
-from ..files import atomic_write, write_text
-from .coco import CocoDetection, CocoFormatError, LargeScaleJitter, box_outside, drop_reason
-from .images import (IMAGENET_MEAN, IMAGENET_STD, ROOT_HINT, DatasetError, MissingFileError, read_annotation_json,
-                     read_rgb)
-from .instances import polygons_to_bitmask
+from .cli import check_writable_folder
+from .config import ConfigError
+from .data.ade import SegTrainTransform, files_by_stem, read_image, split_folders
+from .data.cls import FORMATS, LETTER_DIR, build_transform, check_num_classes, inat_categories, read_categories
+from .data.coco import CocoDetection, CocoFormatError, LargeScaleJitter, box_outside, drop_reason
+from .data.images import (IMAGENET_MEAN, IMAGENET_STD, ROOT_HINT, DatasetError, MissingFileError, read_annotation_json,
+                          read_rgb)
+from .data.instances import polygons_to_bitmask
+from .det.train import coco_split
+from .det.visualize import fill_masks
+from .drawing import display_size, distinct_colours, draw_tag, font, font_size, resize_for_display
+from .errors import InputError
+from .files import atomic_write, write_text
+from .seg.train import class_names, class_palette
+from .seg.visualize import class_colours, draw_segmentation
 
 # The kinds of problems, in the order the summary lists them.
 LABEL_OUT_OF_RANGE = "label out of range"
@@ -178,7 +184,6 @@ def draw_instances(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tenso
                    class_names: Sequence[str]) -> Image.Image:
     """Ground-truth instances on `image` (uint8 (3, H, W)): masks (bool (N, H, W)) filled in the instance's colour,
     boxes (xyxy) and class-name tags, at `drawing.display_size`."""
-    from ..det.visualize import _fill_masks
 
     h, w = image.shape[1:]
     out_h, out_w = display_size(h, w)
@@ -188,7 +193,7 @@ def draw_instances(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tenso
     palette = torch.from_numpy(distinct_colours(len(labels)))
     colours = [tuple(int(v) for v in c) for c in palette]
     if masks is not None and len(masks):
-        canvas = _fill_masks(canvas, masks.bool(), palette)
+        canvas = fill_masks(canvas, masks.bool(), palette)
     scaled = boxes.float() * torch.tensor([out_w / w, out_h / h] * 2)
     size = font_size(out_h, out_w)
     canvas = draw_bounding_boxes(canvas, scaled, colors=colours, width=max(2, size // 6))
@@ -237,7 +242,6 @@ class DetectionBrowser(Browser):
         super().__init__()
         from pycocotools.coco import COCO
 
-        from ..det.train import coco_split
 
         d = cfg.data
         image_dir, ann_file = coco_split(d, split)  # data.<split>_json / _images, else the COCO 2017 layout
@@ -368,9 +372,6 @@ class SegmentationBrowser(Browser):
 
     def __init__(self, cfg: DictConfig, split: str, problems: Problems, workers: int = 0):
         super().__init__()
-        from ..seg.train import class_names, class_palette
-        from ..seg.visualize import class_colours
-        from .ade import SegTrainTransform, _files_by_stem, _split_folders
 
         d = cfg.data
         self.class_names = class_names(cfg)
@@ -380,25 +381,10 @@ class SegmentationBrowser(Browser):
         self.ignore = int(cfg.model.ignore_index)
         self.split = str(d.train_split if split == "train" else d.val_split)
         root = Path(d.root)
-        img_dir, ann_dir = str(d.get("img_dir", "") or ""), str(d.get("ann_dir", "") or "")
-        img_suffix, seg_suffix = str(d.get("img_suffix", ".jpg")), str(d.get("seg_map_suffix", ".png"))
-        if img_dir or ann_dir:
-            folders = [_split_folders(root, given or default, self.split)
-                       for given, default in ((img_dir, "images"), (ann_dir, "annotations"))]
-            for first, other in folders:
-                if not first.is_dir():
-                    raise MissingFileError(f"{first}: directory not found, nor {other} (data.img_dir={img_dir}, "
-                                           f"data.ann_dir={ann_dir}, split {self.split}, under data.root)")
-            image_folder, label_folder = folders[0][0], folders[1][0]
-        else:
-            image_folder, label_folder = root / "images" / self.split, root / "annotations" / self.split
-            for folder in (image_folder, label_folder):
-                if not folder.is_dir():
-                    raise MissingFileError(f"{folder}: directory not found (expected the ADEChallengeData2016 layout "
-                                           f"images/{self.split}/*.jpg + annotations/{self.split}/*.png; "
-                                           f"{ROOT_HINT}, or data.img_dir / data.ann_dir to your folders)")
+        img_suffix, seg_suffix = str(d.img_suffix), str(d.seg_map_suffix)
+        image_folder, label_folder = split_folders(root, self.split, str(d.img_dir), str(d.ann_dir))
         self.source = str(image_folder)
-        images, labels = _files_by_stem(image_folder, img_suffix), _files_by_stem(label_folder, seg_suffix)
+        images, labels = files_by_stem(image_folder, img_suffix), files_by_stem(label_folder, seg_suffix)
         if not images:
             raise DatasetError(f"{image_folder}: no {img_suffix} images")
         for key in sorted(set(labels) - set(images)):
@@ -478,8 +464,6 @@ class SegmentationBrowser(Browser):
         return lut[raw]
 
     def draw(self, index: int, augmented: bool) -> Image.Image:
-        from ..seg.visualize import draw_segmentation
-        from .ade import read_image
 
         image_path, label_path = self.samples[index]
         image, label = read_image(image_path), self.read_label(label_path)
@@ -498,7 +482,6 @@ class ClassificationBrowser(Browser):
 
     def __init__(self, cfg: DictConfig, split: str, problems: Problems):
         super().__init__()
-        from .cls import FORMATS, build_transform
 
         d = cfg.data
         if d.format not in FORMATS:
@@ -535,22 +518,9 @@ class ClassificationBrowser(Browser):
         self.transform = build_transform(cfg, is_train=True)
         self.mean, self.std = normalisation(cfg)
 
-    @staticmethod
-    def _check_count(found: int, expected: Optional[int], source) -> None:
-        if expected is not None and found != expected:
-            raise DatasetError(f"{source}: has {found} classes but data.num_classes is {expected}")
-
     def _inat(self, path: Path, num_classes: Optional[int], problems: Problems):
         data = read_annotation_json(path, error=DatasetError)
-        try:
-            cat_ids = sorted({int(c["id"]) for c in data["categories"]})
-            names = {int(c["id"]): str(c.get("name", c["id"])) for c in data["categories"]}
-        except (KeyError, TypeError, ValueError):
-            raise DatasetError(f"{path}: every category needs an integer 'id'") from None
-        if not cat_ids:
-            raise DatasetError(f"{path}: 'categories' is empty")
-        self._check_count(len(cat_ids), num_classes, path)
-        label_of = {cid: i for i, cid in enumerate(cat_ids)}
+        cat_ids, names, label_of = inat_categories(data, path, num_classes)
         label_of_image: Dict = {}
         for n, ann in enumerate(data["annotations"]):
             try:
@@ -580,13 +550,12 @@ class ClassificationBrowser(Browser):
         return paths, labels, [names[c] for c in cat_ids], len(data["images"])
 
     def _places(self, path: Path, num_classes: Optional[int], categories: Optional[Path], problems: Problems):
-        from .cls import _LETTER_DIR, _read_categories
 
         if not path.is_file():
             raise MissingFileError(f"{path}: list file not found ({ROOT_HINT})")
-        names = _read_categories(categories) if categories else None
+        names = read_categories(categories) if categories else None
         if names is not None:
-            self._check_count(len(names), num_classes, categories)
+            check_num_classes(len(names), num_classes, categories)
             num_classes = len(names)
         if num_classes is None:
             raise ConfigError(f"{path}: set data.num_classes (or data.categories) for a list-file dataset")
@@ -612,7 +581,7 @@ class ClassificationBrowser(Browser):
             names = [str(i) for i in range(num_classes)]
             for p, label in zip(paths, labels):
                 if names[label] == str(label) and "/" in p:
-                    names[label] = _LETTER_DIR.sub("", os.path.dirname(p))
+                    names[label] = LETTER_DIR.sub("", os.path.dirname(p))
         return paths, labels, names, listed
 
     def _folder(self, folder: Path, num_classes: Optional[int]):
@@ -623,7 +592,7 @@ class ClassificationBrowser(Browser):
         except FileNotFoundError:
             raise DatasetError(f"{folder}: no class sub-folders (the ImageFolder layout has one folder of images per "
                                "class)") from None
-        self._check_count(len(classes), num_classes, folder)
+        check_num_classes(len(classes), num_classes, folder)
         samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         return [os.path.relpath(p, folder).replace(os.sep, "/") for p, _ in samples], [c for _, c in samples], classes
 
