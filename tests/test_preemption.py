@@ -147,6 +147,55 @@ def test_sigterm_to_a_tools_whole_process_group_stops_it_cleanly_and_it_resumes_
         assert torch.equal(value, resumed["model"][key]), key
 
 
+def test_workers_whose_torchrun_is_killed_checkpoint_and_stop_and_the_same_command_resumes_exactly(image_dir,
+                                                                                                   tmp_path):
+    """torchrun killed with SIGKILL (an OOM kill, a user's kill -9) cannot pass anything on to its workers, which
+    torch starts in sessions of their own: the kernel sends them SIGTERM (PR_SET_PDEATHSIG), they write the
+    checkpoint at the same update and exit within seconds, and the same command with --resume auto ends with the
+    weights of an uninterrupted 2-process run."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    tool = ["tools/pretrain_mae.py", f"data.root={image_dir}", *TINY_PRETRAIN, "train.num_workers=0",
+            "train.batch_size=2", "train.epochs=20"]  # 16 images / (2 x 2) = 4 updates an epoch, 80 in all
+
+    def torchrun(port, out, *extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *tool,
+                "--output-dir", str(out), *extra]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(torchrun(29751, killed), cwd=ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_records(killed / "log.jsonl", 5, process)
+    process.kill()  # torchrun alone: its workers are in sessions of their own
+    out, _ = process.communicate(timeout=60)
+    deadline = time.time() + 60
+    while time.time() < deadline and (killed / ".run.lock").exists() and _lock_held(killed / ".run.lock"):
+        time.sleep(0.2)
+    assert not _lock_held(killed / ".run.lock"), "the workers outlived their launcher"
+    iteration = _weights(killed)["iter"]
+    assert 5 <= iteration < 80
+    subprocess.run(torchrun(29752, killed, "--resume", "auto"), cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=300)
+    subprocess.run(torchrun(29753, tmp_path / "full"), cwd=ROOT, env=env, check=True, capture_output=True,
+                   timeout=300)
+    full, resumed = _weights(tmp_path / "full"), _weights(killed)
+    assert full["iter"] == resumed["iter"] == 80
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether a live process holds the run folder's lock (engine.checkpointing.RunFolderLock)."""
+    import fcntl
+
+    with open(path) as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(file, fcntl.LOCK_UN)
+        return False
+
+
 EXIT_WITH_LIVE_WORKERS = """
 import os, signal, sys, torch
 from maetransfer.engine import ShieldedDataLoader

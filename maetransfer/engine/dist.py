@@ -2,6 +2,7 @@
 srun step (single process when neither describes a group). Tasks never see which launcher started them."""
 import atexit
 import os
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Iterator, List, Optional
@@ -34,7 +35,8 @@ def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) ->
     """Join the process group that torchrun or an srun step describes; no-op for a single process.
     timeout_minutes (train.dist_timeout): how long joining, and later a collective, waits for the other processes
     before failing, instead of hanging on a process that died or never started."""
-    export_launch_environment()
+    if export_launch_environment() == "torchrun" and "TORCHELASTIC_RUN_ID" in os.environ:
+        stop_with_launcher()
     if _alone:
         return
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -46,6 +48,24 @@ def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) ->
             # left to the interpreter's exit, gloo's threads can outlive the group once the other processes are gone,
             # and a run that finished aborts ("terminate called without an active exception", SIGABRT)
             atexit.register(_close_gloo_group)
+
+
+def stop_with_launcher() -> None:
+    """Ask the kernel for SIGTERM when torchrun, this worker's parent, dies (Linux PR_SET_PDEATHSIG). torch starts
+    its workers in sessions of their own, so a launcher killed with SIGKILL (by the OOM killer, by a user) would
+    leave them training as orphans that hold the run's folder and devices; with the signal they checkpoint and stop
+    as on a preemption, and the same command can resume at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _close_gloo_group() -> None:
