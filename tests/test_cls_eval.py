@@ -108,3 +108,18 @@ def test_distributed_evaluation_counts_every_image_once_on_the_main_process(tmp_
     for key in ("top1", "top5", "mean_class_acc", "loss", "num_images"):
         assert main["summary"][key] == pytest.approx(single[key])
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == expected
+
+
+def test_the_confusion_picture_keeps_its_header_inside_the_frame():
+    """With few classes the matrix is narrower than its header line: the picture widens, so that no header pixel
+    touches the right edge (a cut text would)."""
+    from PIL import ImageFont
+
+    from maetransfer.cls.evaluate import confusion_image
+
+    classes = ["a", "b", "c"]
+    image = np.asarray(confusion_image(np.eye(3, dtype=np.int64), classes).convert("L"))
+    header_rows = image[:30]
+    assert (header_rows[:, -4:] == 255).all()  # white margin right of the header
+    header = "rows: true class, columns: predicted class"
+    assert image.shape[1] > ImageFont.load_default().getlength(header)

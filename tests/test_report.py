@@ -297,3 +297,30 @@ def test_a_bad_suite_from_the_command_line_is_one_line_and_exit_2(run):
     assert result.stderr.startswith("error: unknown suite 'nope': choose one of demo, ") and \
         result.stderr.count("\n") == 1, result.stderr
     assert _snapshot(run.out) == before
+
+
+def test_local_jobs_run_one_process_per_gpu_of_this_machine_and_slurm_jobs_what_the_suite_asks(tmp_path):
+    """The ViT-B paper suite asks Slurm for 8 GPUs a node: a local report runs each job with one process per GPU of
+    the machine (--gpus N to choose), so a CPU machine runs plain python, one process."""
+    from maetransfer.report.runner import plan
+    from maetransfer.report.suite import parse_encoder
+
+    suite = load_suite("paper_vit_base")
+    encoders = [parse_encoder("mae=mae_pretrain_vit_base")]
+    roots = {spec.data: "/data" for spec in suite.jobs if spec.data}
+    cpu = plan(suite.jobs, encoders, roots, tmp_path, "local", local_gpus=0)[0]
+    assert cpu.processes == 1 and cpu.command("python")[:2] == ["python", "-u"]
+    assert "torch.distributed.run" not in cpu.command("python")
+    two = plan(suite.jobs, encoders, roots, tmp_path, "local", local_gpus=2)[0]
+    assert "--nproc_per_node=2" in two.command("python")
+    slurm = plan(suite.jobs, encoders, roots, tmp_path, "slurm")[0]
+    assert slurm.processes == 8 and "--gpus-per-node" in slurm.display_command()
+
+
+def test_a_suite_is_named_once_by_its_name_or_its_file(tmp_path):
+    from maetransfer.report.suite import SUITE_ROOT
+
+    assert load_suite("demo").title == "demo"
+    mine = tmp_path / "suite.yaml"
+    mine.write_text((SUITE_ROOT / "demo.yaml").read_text())
+    assert load_suite(str(mine)).title == "suite.yaml"

@@ -18,6 +18,8 @@ import argparse
 import shlex
 import sys
 
+from maetransfer.cli import number_in
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,6 +31,8 @@ def parser() -> argparse.ArgumentParser:
                    help="local: one job after another here; slurm: every job submitted at once (submitit)")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="a Slurm setting for every job over the suite's, e.g. partition=gpu (repeatable)")
+    p.add_argument("--gpus", type=number_in(int, 0), help="local: processes per job, one per GPU (default: every GPU "
+                                                         "of this machine; one process without a GPU)")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and write the report without waiting")
     p.add_argument("--poll", type=float, default=60.0, help="slurm: seconds between looks at the queue (default 60)")
     p.add_argument("--status", action="store_true", help="print where each job is and exit; runs nothing")

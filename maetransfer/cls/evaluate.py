@@ -136,9 +136,11 @@ def confusion_image(confusion: np.ndarray, classes: List[str]) -> Image.Image:
     names = [f"{i} {name}"[:24] for i, name in enumerate(classes)]
     left = 8 + max(int(font.getlength(t)) for t in names)
     top = 34
-    img = Image.new("RGB", (left + n * cell + 8, top + n * cell + 8), "white")
+    header = "rows: true class, columns: predicted class"
+    width = left + max(n * cell, int(font.getlength(header))) + 8  # the header fits also above a few classes
+    img = Image.new("RGB", (width, top + n * cell + 8), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((left, 4), "rows: true class, columns: predicted class", fill="black", font=font)
+    draw.text((left, 4), header, fill="black", font=font)
     rows = confusion.sum(axis=1, keepdims=True)
     frac = np.divide(confusion, rows, out=np.zeros(confusion.shape), where=rows > 0)
     for i in range(n):

@@ -182,7 +182,7 @@ def _machine_text(record: Dict) -> str:
 def build(suite: Suite, encoders: List[Encoder], views: List[JobView], out: Path, command: str,
           data_roots: Dict[str, str]) -> list:
     """The report as blocks; figures are written to out/figures."""
-    blocks: list = [Heading(1, f"Transfer report: suite {suite.name}")]
+    blocks: list = [Heading(1, f"Transfer report: {suite.title}")]
     if suite.description:
         blocks.append(Para(suite.description))
     counts: Dict[str, int] = {}

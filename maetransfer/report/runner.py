@@ -112,10 +112,22 @@ class Job:
         return NO_RECIPE if not self.spec.recipe_exists else SKIPPED
 
 
+def local_gpu_count() -> int:
+    """The GPUs this machine's jobs can use (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def plan(specs: List[JobSpec], encoders: List[Encoder], data_roots: Dict[str, str], output: Path,
-         launcher: str = "local", settings: Optional[Dict] = None) -> List[Job]:
+         launcher: str = "local", settings: Optional[Dict] = None, local_gpus: Optional[int] = None) -> List[Job]:
     """Every row for every encoder, in suite order (all encoders of a row together, so that a partial report already
-    compares them). A row of several nodes cannot run under the local launcher: it is listed as skipped."""
+    compares them). A row of several nodes cannot run under the local launcher: it is listed as skipped.
+    The suite's GPUs per node are what a Slurm job asks for; a local job runs one process per GPU of this machine
+    (`local_gpus`, by default all it has; one process without a GPU)."""
+    if launcher == "local":
+        gpus = local_gpu_count() if local_gpus is None else local_gpus
+        settings = {**(settings or {}), "gpus_per_node": gpus, "tasks_per_node": None}
     jobs = []
     for spec in specs:
         for encoder in encoders:

@@ -130,6 +130,11 @@ class Suite:
     data_roots: Dict[str, str]
     jobs: List[JobSpec]
 
+    @property
+    def title(self) -> str:
+        """How the report names it: a shipped suite by its name, a suite file of one's own by its file name."""
+        return self.name if self.path.parent.resolve() == SUITE_ROOT.resolve() else self.path.name
+
 
 def suite_names() -> List[str]:
     return sorted(p.stem for p in SUITE_ROOT.glob("*.yaml") if p != PAPER_RESULTS)

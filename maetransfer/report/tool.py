@@ -166,7 +166,7 @@ def main(p: argparse.ArgumentParser, args, command: str) -> None:
         check_encoders(encoders)
         roots = parse_data_roots(suite, args.data)
         out = Path(args.output or f"output/report/{suite.name}")
-        jobs = plan(suite.jobs, encoders, roots, out, args.launcher, slurm_settings(args.slurm))
+        jobs = plan(suite.jobs, encoders, roots, out, args.launcher, slurm_settings(args.slurm), args.gpus)
         if args.status:
             print_status(collect(jobs, job_state), out)
             return
