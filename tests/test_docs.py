@@ -1,6 +1,7 @@
 """Every command shown in README.md and docs/*.md runs: each `tools/` or `benchmarks/` script named in a ```bash block
 exists and takes the options given; the training tools' command lines parse with the tool's own parser, their
---config file exists and every dotted override names a key of that config with a value of its type."""
+--config file exists and every dotted override names a key of that config with a value of its type; every link between
+pages reaches a file and, with an anchor, one of its headings."""
 import re
 import shlex
 from pathlib import Path
@@ -81,3 +82,34 @@ def test_each_command_in_the_docs_names_a_script_options_and_keys_that_exist(whe
         own = _declared_options(path)
         unknown = [a.split("=")[0] for a in args if a.startswith("--") and a.split("=")[0] not in own]
         assert unknown == [], f"{where}: {script} has no option {unknown}"
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lstrip("#").strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _links():
+    for page in PAGES:
+        in_code = False
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if line.strip().startswith("```"):
+                in_code = not in_code
+            if not in_code:
+                for target in LINK.findall(line):
+                    if not re.match(r"[a-z]+:", target):  # web addresses are not checked here
+                        yield f"{page.name}:{number}", page, target
+
+
+@pytest.mark.parametrize("where, page, target", list(_links()), ids=lambda v: v if isinstance(v, str) else "")
+def test_links_between_pages_reach_a_file_and_its_heading(where, page, target):
+    path, _, anchor = target.partition("#")
+    file = (page.parent / path).resolve() if path else page
+    assert file.exists(), f"{where}: {target}: no such file"
+    if anchor and file.suffix == ".md":
+        headings = {_anchor(line) for line in file.read_text().splitlines() if line.startswith("#")}
+        assert anchor in headings, f"{where}: {target}: {file.name} has no heading with this anchor"
