@@ -277,6 +277,7 @@ def run_transfer_tool(doc: str, tool: str, checkpoint_help: str, demo_encoder: C
     unsafe = bool(cfg.train.unsafe_load)
 
     def resolve_and_run():  # the files the specs name; the config keeps the specs
+        task_class.check_data(cfg, args.eval_only)  # seconds, before downloads or the demo encoder's pretraining
         init_spec = cfg.train.init_checkpoint
         init = demo.resolve_init_checkpoint(init_spec, unsafe) if init_spec and not args.eval_only else None
         checkpoint = str(zoo.resolve(args.checkpoint, unsafe)) if args.checkpoint else None

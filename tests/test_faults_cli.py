@@ -500,3 +500,17 @@ def test_submit_without_srun_prints_its_dry_run_and_refuses_to_submit_in_one_lin
     assert (real.returncode, real.stderr.strip()) == (1, "error: Slurm's srun is not on PATH: submit from a node of "
                                                          "the cluster (--dry-run prints the batch script anywhere)")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tool, missing", [
+    (train_det, "annotations/instances_train2017.json"), (train_seg, "images/training"), (train_cls, "train")])
+def test_a_wrong_data_root_is_one_line_before_the_init_checkpoint_is_fetched(tool, missing, tmp_path, capsys,
+                                                                              monkeypatch):
+    """The data the config names is looked for first: an init checkpoint that would be downloaded (a released name)
+    is not fetched for a run whose data is not there."""
+    fetched = []
+    monkeypatch.setattr(demo, "resolve", lambda spec, unsafe=False: fetched.append(spec) or spec)  # the tools' resolver
+    code, err = _fails(tool.main, ["--output-dir", str(tmp_path / "run"), f"data.root={tmp_path / 'nowhere'}",
+                                   "data.demo=false", "train.init_checkpoint=mae_pretrain_vit_base"], capsys)
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'nowhere' / missing}"), err
+    assert fetched == [] and not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
 """Classification transfer run: datasets + classifier + loss on the shared engine, then top-k / per-class eval."""
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -9,6 +10,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..checkpoint import CheckpointError, compare_state, load_encoder_state, load_into, read_checkpoint
 from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
+from ..data.images import ROOT_HINT, MissingFileError
 from ..engine import Task, run_task
 from ..optim import param_groups
 from .evaluate import ClassificationEvaluator
@@ -83,6 +85,15 @@ class ClassificationTask(Task):
 
     name = "cls"
     input_errors = (DatasetError,)
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
+        d = cfg.data
+        if not d.demo:
+            for split in ("val",) if eval_only else ("train", "val"):
+                index = Path(d.root) / str(d[split])
+                if not index.exists():
+                    raise MissingFileError(f"{index}: not found (data.{split} under data.root; {ROOT_HINT})")
 
     def prepare_data(self) -> None:
         d = self.cfg.data

@@ -77,6 +77,14 @@ class DetectionTask(Task):
     # BN variants (Table 4) normalise across processes, as detectron2's SyncBN
     sync_batchnorm = "BN in model.pyramid_norm / fpn_norm / head_norm"
 
+    @classmethod
+    def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
+        if not cfg.data.demo:
+            for which in ("val",) if eval_only else ("train", "val"):
+                images, _ = coco_split(cfg.data, which)
+                if not images.is_dir():
+                    raise MissingFileError(f"{images}: image folder not found (data.{which}_images)")
+
     def prepare_data(self) -> None:
         if self.cfg.data.demo:
             write_demo_coco(self.cfg.data.root, size=int(self.cfg.model.img_size))

@@ -39,6 +39,11 @@ class Task:
         self.val_set: Optional[Dataset] = None  # set by `build` for tasks that evaluate
         self.results: Any = {}
 
+    @classmethod
+    def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
+        """Cheap checks that the data the config names is there (files and folders, no reading), before anything
+        costly runs (an init checkpoint's download, the demo encoder's pretraining); one line naming the path."""
+
     def prepare_data(self) -> None:
         """Main process only, before the others read data: write the demo data set when the config asks for it."""
 

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from ..checkpoint import CheckpointError, compare_state, load_encoder_state, load_into, read_checkpoint
 from ..config import ConfigError
-from ..data.ade import ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, write_demo_ade20k
+from ..data.ade import (ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collate_train, split_folders,
+                        write_demo_ade20k)
 from ..data.images import MissingFileError
 from ..engine import Task, run_task
 from ..optim import param_groups
@@ -108,6 +109,13 @@ class SegmentationTask(Task):
         self.ignore = int(cfg.model.ignore_index)
         self.common = dict(num_classes=int(cfg.model.num_classes), reduce_zero_label=bool(cfg.data.reduce_zero_label),
                            ignore_index=self.ignore)
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
+        d = cfg.data
+        if not d.demo:
+            for split in (d.val_split,) if eval_only else (d.train_split, d.val_split):
+                split_folders(Path(d.root), str(split), str(d.img_dir), str(d.ann_dir))
 
     def prepare_data(self) -> None:
         d = self.cfg.data
