@@ -317,6 +317,22 @@ def test_cli_converts_to_hf(official, tmp_path, capsys):
     assert "embed 32/depth 2, not vit_base" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_fine_tuned_classifier_to_hf_names_the_missing_final_norm(tmp_path):
+    """An official fine-tuned file of a global-pool classifier (fc_norm, no final norm; timm's layout as well) has
+    nothing for HF ViTMAE's final layernorm: one line saying so, not a complaint about the installed transformers."""
+    pytest.importorskip("transformers")
+    classifier = TimmViT(img_size=IMG, patch_size=PATCH, embed_dim=D, depth=DEPTH, num_heads=HEADS, num_classes=5,
+                         global_pool="avg", fc_norm=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    assert "norm.weight" not in classifier.state_dict() and "fc_norm.weight" in classifier.state_dict()
+    torch.save({"model": classifier.state_dict()}, tmp_path / "finetuned.pth")
+    with pytest.raises(SystemExit) as info:
+        _cli()([str(tmp_path / "finetuned.pth"), str(tmp_path / "hf"), "--to", "hf", "--num-heads", str(HEADS)])
+    message = str(info.value)
+    assert "fc_norm instead of the final norm" in message and "--to mae or --to timm" in message
+    assert "transformers" not in message.replace("HF ViTMAE", "") and "\n" not in message.strip()
+    assert not (tmp_path / "hf").exists()
+
+
 # --- safety and clear errors -------------------------------------------------------------------------------------
 class _Exploit:
     def __init__(self, marker):

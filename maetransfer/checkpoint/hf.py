@@ -173,6 +173,11 @@ def save_hf(ckpt: LoadedCheckpoint, dst: Path, num_heads: Optional[int] = None,
         import transformers
     except ImportError:
         raise CheckpointError("writing the Hugging Face format needs transformers (pip install transformers)") from None
+    if "norm.weight" not in ckpt.encoder:
+        what = ("a classifier fine-tuned with global pooling (fc_norm instead of the final norm)"
+                if "fc_norm.weight" in ckpt.head else "an encoder without its final norm")
+        raise CheckpointError(f"{ckpt.source}: {what}; HF ViTMAE needs the final norm.* weights: convert it --to mae "
+                              "or --to timm instead")
     config = hf_config(ckpt, num_heads, decoder_num_heads)
     model_cls = transformers.ViTMAEForPreTraining if ckpt.decoder else transformers.ViTMAEModel
     with torch.device("meta"):  # no random init of a model that is overwritten anyway
