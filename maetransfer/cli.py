@@ -184,13 +184,13 @@ def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Opti
     if checkpoint.is_file() and slurm.requeued():
         cfg.train.resume = "auto"  # a requeued job continues its own run, whatever its command line said
     resume = cfg.train.resume
-    if resume and resume != "auto":
-        check_resume_file(Path(resume))  # before the demo encoder's pretraining, downloads or data
     resumes_it = resume == "auto" or (resume and Path(resume).resolve() == checkpoint.resolve())
     demos_own = demo_config is not None and out.resolve() == Path(load_config(demo_config).train.output_dir).resolve()
     if checkpoint.is_file() and not resumes_it and not cfg.train.overwrite and not demos_own:
         raise ConfigError(f"{out} holds a run ({_run_description(checkpoint)}): resume it with --resume auto, choose "
                           "another --output-dir, or pass train.overwrite=true to start over there")
+    if resume and resume != "auto":
+        check_resume_file(Path(resume))  # before the demo encoder's pretraining, downloads or data
 
 
 def check_demo_data(cfg: DictConfig, demo_config: str) -> None:

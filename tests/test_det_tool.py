@@ -61,8 +61,11 @@ def test_train_then_eval_only_writes_standard_outputs(tmp_path, capsys):
 def test_tool_errors_are_one_line_naming_the_file(tmp_path, capsys):
     tool = _tool()
     data = tmp_path / "coco"
-    (data / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):  # both there (checked before anything runs), the validation one malformed
+        (data / split).mkdir(parents=True)
+    (data / "annotations").mkdir()
     (data / "annotations" / "instances_val2017.json").write_text("{not json")
+    (data / "annotations" / "instances_train2017.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
         tool.main(_args(data, tmp_path / "run"))
     assert exit_info.value.code == 1  # bad input: one line, exit 1 (usage errors are 2)

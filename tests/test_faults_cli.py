@@ -503,7 +503,7 @@ def test_submit_without_srun_prints_its_dry_run_and_refuses_to_submit_in_one_lin
 
 
 @pytest.mark.parametrize("tool, missing", [
-    (train_det, "annotations/instances_train2017.json"), (train_seg, "images/training"), (train_cls, "train")])
+    (train_det, "annotations/instances_val2017.json"), (train_seg, "images/validation"), (train_cls, "val")])
 def test_a_wrong_data_root_is_one_line_before_the_init_checkpoint_is_fetched(tool, missing, tmp_path, capsys,
                                                                               monkeypatch):
     """The data the config names is looked for first: an init checkpoint that would be downloaded (a released name)

@@ -90,10 +90,11 @@ class ClassificationTask(Task):
     def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
         d = cfg.data
         if not d.demo:
-            for split in ("val",) if eval_only else ("train", "val"):
+            what = {"imagefolder": "image folder", "inat": "annotation file"}.get(str(d.format), "list file")
+            for split in ("val",) if eval_only else ("val", "train"):  # in the order the run reads them
                 index = Path(d.root) / str(d[split])
                 if not index.exists():
-                    raise MissingFileError(f"{index}: not found (data.{split} under data.root; {ROOT_HINT})")
+                    raise MissingFileError(f"{index}: {what} not found ({ROOT_HINT})")
 
     def prepare_data(self) -> None:
         d = self.cfg.data

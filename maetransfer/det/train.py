@@ -80,7 +80,7 @@ class DetectionTask(Task):
     @classmethod
     def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
         if not cfg.data.demo:
-            for which in ("val",) if eval_only else ("train", "val"):
+            for which in ("val",) if eval_only else ("val", "train"):  # in the order the run reads them
                 images, _ = coco_split(cfg.data, which)
                 if not images.is_dir():
                     raise MissingFileError(f"{images}: image folder not found (data.{which}_images)")

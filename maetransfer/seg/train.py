@@ -114,7 +114,7 @@ class SegmentationTask(Task):
     def check_data(cls, cfg: DictConfig, eval_only: bool) -> None:
         d = cfg.data
         if not d.demo:
-            for split in (d.val_split,) if eval_only else (d.train_split, d.val_split):
+            for split in (d.val_split,) if eval_only else (d.val_split, d.train_split):  # the order the run reads
                 split_folders(Path(d.root), str(split), str(d.img_dir), str(d.ann_dir))
 
     def prepare_data(self) -> None:
