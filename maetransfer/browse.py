@@ -25,14 +25,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from .cli import check_writable_folder
 from .config import ConfigError
 from .data.ade import SegTrainTransform, files_by_stem, read_image, split_folders
-from .data.cls import FORMATS, LETTER_DIR, build_transform, check_num_classes, inat_categories, read_categories
+from .data.cls import (FORMATS, LETTER_DIR, build_transform, check_num_classes, image_folder_classes, inat_categories,
+                       read_categories)
 from .data.coco import CocoDetection, CocoFormatError, LargeScaleJitter, box_outside, drop_reason
 from .data.images import (IMAGENET_MEAN, IMAGENET_STD, ROOT_HINT, DatasetError, MissingFileError, read_annotation_json,
                           read_rgb)
@@ -585,14 +586,7 @@ class ClassificationBrowser(Browser):
         return paths, labels, names, listed
 
     def _folder(self, folder: Path, num_classes: Optional[int]):
-        if not folder.is_dir():
-            raise MissingFileError(f"{folder}: image folder not found ({ROOT_HINT})")
-        try:
-            classes, class_to_idx = find_classes(folder)
-        except FileNotFoundError:
-            raise DatasetError(f"{folder}: no class sub-folders (the ImageFolder layout has one folder of images per "
-                               "class)") from None
-        check_num_classes(len(classes), num_classes, folder)
+        classes, class_to_idx = image_folder_classes(folder, num_classes)
         samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         return [os.path.relpath(p, folder).replace(os.sep, "/") for p, _ in samples], [c for _, c in samples], classes
 

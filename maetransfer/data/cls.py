@@ -301,9 +301,8 @@ def csv_dataset(list_path, image_root, num_classes: Optional[int] = None, catego
 
 
 # -- ImageFolder ---------------------------------------------------------------------------------------------------
-def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
-    """A folder with one sub-folder of images per class (torchvision ImageFolder layout, e.g. ImageNet)."""
-    folder = Path(folder)
+def image_folder_classes(folder: Path, num_classes: Optional[int] = None):
+    """(class names, {name: label}) of an ImageFolder tree, one line naming the folder when it has none."""
     if not folder.is_dir():
         raise MissingFileError(f"{folder}: image folder not found ({ROOT_HINT})")
     try:
@@ -311,11 +310,18 @@ def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=No
     except FileNotFoundError:
         raise DatasetError(f"{folder}: no class sub-folders (the ImageFolder layout has one folder of images per "
                            "class)") from None
+    check_num_classes(len(classes), num_classes, str(folder))
+    return classes, class_to_idx
+
+
+def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=None) -> LabeledImages:
+    """A folder with one sub-folder of images per class (torchvision ImageFolder layout, e.g. ImageNet)."""
+    folder = Path(folder)
+    classes, class_to_idx = image_folder_classes(folder, num_classes)
     try:
         samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as exc:  # a class folder without images
         raise DatasetError(f"{folder}: {_one_line(exc)}") from None
-    check_num_classes(len(classes), num_classes, str(folder))
     paths = [os.path.relpath(p, folder) for p, _ in samples]
     # The scan found these files: no second check.
     return LabeledImages(str(folder), paths, [c for _, c in samples], classes, str(folder), transform=transform,
