@@ -230,6 +230,28 @@ def test_label_maps_reproduce_the_evaluations_miou(seg_run, tmp_path):
     assert overlay.height == 512 and overlay.width > 512  # the image enlarged 8x, the legend on its right
 
 
+def test_config_overrides_after_the_options_change_the_inference_as_they_change_the_evaluation(seg_run, tmp_path,
+                                                                                                capsys):
+    """predict.py takes dotted key=value overrides as the training tools do: with eval.flip=true its label maps give
+    the mIoU of --eval-only with the same override; a misspelt key is one line naming the closest one."""
+    from test_seg_tool import train_seg
+
+    data, run = seg_run
+    flipped = train_seg.main(["--config", str(run / "config.yaml"), "--eval-only", "--checkpoint",
+                              str(run / "checkpoint.pth"), "--output-dir", str(tmp_path / "eval"), "eval.flip=true"])
+    out = tmp_path / "out"
+    _predict("--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth", data / "images" / "validation",
+             "eval.flip=true", "--output", out)
+    stems = sorted(p.stem for p in (data / "images" / "validation").glob("*.jpg"))
+    predictions = [np.asarray(Image.open(out / "labels" / f"{s}.png")) for s in stems]
+    labels = [np.asarray(Image.open(data / "annotations" / "validation" / f"{s}.png")) for s in stems]
+    assert _miou(predictions, labels, 6) == flipped["mIoU"]
+    code, _, err = _fails(capsys, "--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth",
+                          data / "images" / "validation", "eval.flipp=true", "--output", tmp_path / "bad")
+    assert code == 2 and err.strip() == "error: command line: unknown config key 'eval.flipp' (did you mean eval.flip?)"
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ade20k_models_are_drawn_in_mmsegs_palette():
     from maetransfer.seg.visualize import class_colours, draw_segmentation
     assert class_colours(ADE20K_CLASSES)[2].tolist() == [6, 230, 230]  # sky, as mmseg draws it

@@ -14,13 +14,16 @@ predictions.json (detection: COCO results with file names; segmentation: classes
 also as predictions.csv).
 """
 import argparse
+import os
+import re
 
 from maetransfer.cli import number_in
 
 # Parsed before torch is imported, so that --help and usage errors answer at once.
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or glob "
-                                                               "patterns (quoted)")
+                                                               "patterns (quoted), and dotted key=value overrides of "
+                                                               "the config (e.g. eval.mode=whole)")
 parser.add_argument("--config", required=True, help="the model's recipe, e.g. configs/det/demo.yaml or a run's "
                                                     "config.yaml")
 parser.add_argument("--checkpoint", required=True, help="trained model: a file or a released name "
@@ -40,14 +43,22 @@ parser.add_argument("--unsafe-load", action="store_true",
                     help="fully unpickle checkpoints that weights_only loading refuses (only files you trust)")
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")  # a dotted key=value, as the training tools take
+
+
 def main(argv=None):
     args = parser.parse_intermixed_args(argv)
+    # key=value words are config overrides unless a file of that name exists
+    overrides = [word for word in args.inputs if OVERRIDE.match(word) and not os.path.exists(word)]
+    args.inputs = [word for word in args.inputs if word not in overrides]
+    if not args.inputs:
+        parser.error("no images given (only key=value overrides)")
     from maetransfer.config import ConfigError, load_config
     from maetransfer.predict import task_of
     from maetransfer.predict.tool import run
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, overrides)
         task = task_of(cfg, args.config)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
