@@ -168,9 +168,9 @@ class Checkpointer:
     def save(self, trainer) -> Path:
         """Every process: write the checkpoint of `trainer`'s current state (the main process writes)."""
         rng = dist.all_gather_object(rng_state())  # every process's own: each draws its own dropout and masks
+        hooks = {key: state for key, hook in zip(_hook_keys(trainer.hooks), trainer.hooks)
+                 if (state := hook.state_dict())}  # on every process: a hook may gather what it keeps
         if dist.is_main_process():
-            hooks = {key: state for key, hook in zip(_hook_keys(trainer.hooks), trainer.hooks)
-                     if (state := hook.state_dict())}
             save_torch({"model": trainer.model_without_ddp.state_dict(), "optimizer": trainer.optimizer.state_dict(),
                         "scaler": trainer.scaler.state_dict(), "epoch": trainer.epoch, "iter": trainer.iter,
                         "batch_in_epoch": trainer.batch_in_epoch, "rng": rng, "config": to_dict(trainer.cfg),

@@ -60,8 +60,8 @@ class Hook:
         """When the run ends, however it ends (release files and threads)."""
 
     def state_dict(self) -> Dict:
-        """What the main process's hook keeps in a training checkpoint (under 'hooks', by the hook's class name);
-        {}: nothing."""
+        """What the hook keeps in a training checkpoint (under 'hooks', by the hook's class name; {}: nothing). Asked
+        of every process at the same point (a hook may gather), the main process's is written."""
         return {}
 
     def load_state_dict(self, state: Optional[Dict], path: Path) -> None:
@@ -148,16 +148,18 @@ def summarize_window(updates: List[Dict[str, float]]) -> Dict[str, float]:
 
 class MetricLogger(Hook):
     """Scalars to `log.jsonl` (one JSON object per line) and TensorBoard, main process only. Each update's learning
-    rate and losses are averaged over the processes (gathered to the main process after every update, as detectron2
-    does); every `period` updates and at the last, one record summarises the window of updates since the previous one
-    (`summarize_window`: means, medians of the losses, `window` = its number of updates). Every evaluation's numbers
+    rate and losses are averaged over the processes (as detectron2 and MAE log them); every `period` updates and at
+    the last, one record summarises the window of updates since the previous one (`summarize_window`: means, medians
+    of the losses, `window` = its number of updates). The updates' values stay on the device until then: one read and
+    one gather to the main process per record (and per checkpoint), not per update. Every evaluation's numbers
     are written as eval/<name>. The open window is kept in the checkpoint, so that a resumed run writes the records
     of an uninterrupted one; a resumed run first removes the records after its checkpoint's iteration (written
     before it was stopped, or by an earlier run that this one overwrites) from both logs."""
 
     def __init__(self, period: int):
         self.period = period
-        self.window: List[Dict[str, float]] = []
+        self.pending: List[Dict] = []  # this process's records of the window not yet gathered (device tensors)
+        self.window: List[Dict[str, float]] = []  # main process: the gathered updates of the window, process means
         self.jsonl = self.tb = None
 
     def before_train(self, trainer):
@@ -168,14 +170,22 @@ class MetricLogger(Hook):
             self.tb = SummaryWriter(str(trainer.output_dir / "tb"), purge_step=trainer.iter + 1)
 
     def after_update(self, trainer, record):
-        gathered = dist.gather_object({k: float(v) for k, v in record.items()})
-        if gathered is not None:
-            self.window.append(mean_over_processes(gathered))
+        self.pending.append(record)
         if trainer.iter % self.period and trainer.iter != trainer.total_iters:
             return
+        self._gather()
         if self.window:
             self.log(trainer.iter, {"epoch": trainer.epoch, **summarize_window(self.window)})
         self.window = []
+
+    def _gather(self) -> None:
+        """Every process: read its pending records and gather them to the main process, which keeps each update's
+        mean over the processes (every process has the same updates)."""
+        local = [{k: float(v) for k, v in record.items()} for record in self.pending]
+        self.pending = []
+        gathered = dist.gather_object(local)
+        if gathered is not None:
+            self.window += [mean_over_processes(list(update)) for update in zip(*gathered)]
 
     def after_evaluate(self, trainer, metrics):
         self.log(trainer.iter, {"epoch": trainer.epoch, **{f"eval/{k}": v for k, v in metrics.items()
@@ -192,6 +202,7 @@ class MetricLogger(Hook):
         self.tb.flush()
 
     def state_dict(self):
+        self._gather()  # a collective: the checkpointer asks every process
         return {"window": list(self.window)}
 
     def load_state_dict(self, state, path):

@@ -68,6 +68,8 @@ class SegEvaluator(DatasetEvaluator):
         return predict(model, inputs["image"].to(device), self.eval_cfg, self.scale, self.mean, self.std).argmax(0)
 
     def process(self, inputs, outputs):
+        if self.metric.areas.device != outputs.device:  # sums on the model's device: no copy back per image
+            self.metric.areas = self.metric.areas.to(outputs.device)
         self.metric.update(outputs, inputs["label"])
         if dist.is_main_process() and self.shown < int(self.eval_cfg.num_vis):
             save_visualization(self.output_dir / "vis" / f"{inputs['name']}.png",
@@ -76,7 +78,7 @@ class SegEvaluator(DatasetEvaluator):
             self.shown += 1
 
     def local_results(self):
-        return self.metric.areas
+        return self.metric.areas.cpu()
 
     def merge(self, parts):
         self.metric.areas = sum(parts[1:], parts[0].clone())
