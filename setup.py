@@ -32,11 +32,15 @@ setup(
         "filelock>=3.0",  # one download of a released checkpoint when several processes ask (maetransfer.zoo)
         "huggingface_hub>=0.23",  # Hugging Face hub ids as checkpoints (maetransfer.zoo); timm needs it too
         "matplotlib>=3.7",  # training curves of tools/transfer_report.py
+        # segmentation decodes, resizes and converts to HSV with OpenCV, as mmseg (mmcv) does: torch's bilinear
+        # resize rounds differently, so only OpenCV gives mmseg's pixels
+        "opencv-python-headless>=4.5",
     ],
     extras_require={
         # tools/submit.py: Slurm jobs through submitit, as the official MAE submits (srun and sbatch need nothing)
         "slurm": [SUBMITIT],
         "export": EXPORT,
-        "dev": ["pytest>=7", "transformers>=4.40", SUBMITIT, *EXPORT],
+        # scikit-image: the real photos (its data module) of the segmentation tests against mmseg
+        "dev": ["pytest>=7", "transformers>=4.40", "scikit-image>=0.19", SUBMITIT, *EXPORT],
     },
 )

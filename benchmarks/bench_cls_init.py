@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     for name, init in (("mae", "demo"), ("random", "")):
         cfg = load_config(CONFIG, [*args.overrides, f"train.init_checkpoint={init}", f"train.output_dir={out / name}"])
         results[name] = run(cfg, init_checkpoint=init and resolve_init_checkpoint(init))
-    cfg_summary = f"{cfg.model.arch}, {cfg.train.epochs} epochs, {cfg.data.input_size} px"
+    cfg_summary = f"{cfg.model.arch}, {cfg.train.epochs} epochs, {cfg.model.img_size} px"
     print(f"\nfine-tuning on the demo data ({cfg_summary}), val top-1 / mean per-class accuracy:")
     print(f"{'init':<22}{'top-1':>8}{'mean/cls':>10}")
     for name, label in (("mae", "MAE-pretrained (demo)"), ("random", "random")):

@@ -45,7 +45,7 @@ def _build(name, size):
     config = "configs/det/demo.yaml" if name == "demo" else f"configs/det/mask_rcnn_{name}_coco.yaml"
     cfg = load_config(config, [f"model.img_size={size}"])
     num_classes = 6 if name == "demo" else 80
-    return build_mask_rcnn(cfg.model, num_classes), num_classes
+    return build_mask_rcnn(cfg, num_classes), num_classes
 
 
 def measure(name, size, batch, iters, warmup, amp, device_name, queue):

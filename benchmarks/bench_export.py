@@ -37,14 +37,14 @@ def build(task: str, config: str):
     torch.manual_seed(0)
     if task == "cls":
         from maetransfer.cls.model import build_classifier
-        model = build_classifier(cfg.model, 1000, int(cfg.data.input_size))
+        model = build_classifier(cfg.model, 1000, int(cfg.model.img_size))
     elif task == "seg":
         from maetransfer.seg.segmentor import build_segmentor
         model = build_segmentor(cfg.model)
     else:
         from benchmarks.compare_detectron2 import confident_heads
         from maetransfer.det.model import build_mask_rcnn
-        model = build_mask_rcnn(cfg.model, 80)
+        model = build_mask_rcnn(cfg, 80)
         confident_heads(model, 0)
     return model.eval(), input_size_of(task, cfg)[1]
 

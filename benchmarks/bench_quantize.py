@@ -5,7 +5,7 @@ the int8 file side by side: size, top-1 / top-5 on the config's validation set (
 latency per image.
 
   python tools/export.py --config configs/cls/demo.yaml --checkpoint output/demo/cls/checkpoint.pth \\
-      --output output/demo/export/cls
+      --output-dir output/demo/export/cls
   python benchmarks/bench_quantize.py --export output/demo/export/cls
 
 The int8 file keeps the export's metadata, so `tools/train_cls.py --eval-only` and `tools/predict.py` take it too; it

@@ -51,9 +51,9 @@ def detectron2_model(cfg_path: str, ours_cfg, num_classes: int, weights: Path):
     from detectron2.config import LazyConfig, instantiate
     d2 = LazyConfig.load(cfg_path)
     m, net = ours_cfg.model, d2.model.backbone.net
-    vit = build_mask_rcnn(m, num_classes).backbone.net
+    vit = build_mask_rcnn(ours_cfg, num_classes).backbone.net
     net.update(img_size=m.img_size, patch_size=vit.patch_size, embed_dim=vit.embed_dim, depth=vit.depth,
-               num_heads=vit.num_heads, drop_path_rate=0.0, window_size=m.window_size,
+               num_heads=vit.num_heads, drop_path_rate=m.drop_path_rate, window_size=m.window_size,
                window_block_indexes=[i for i in range(vit.depth) if i not in set(m.global_blocks)],
                pretrain_img_size=m.pretrain_img_size)
     d2.model.backbone.update(out_channels=m.out_channels, scale_factors=tuple(m.scale_factors), square_pad=m.img_size)
@@ -85,7 +85,7 @@ def detectron2_model(cfg_path: str, ours_cfg, num_classes: int, weights: Path):
     roi.box_predictor.input_shape.channels = m.box_fc_dim
     roi.box_predictor.update(test_score_thresh=m.box_score_thresh, test_nms_thresh=m.box_nms_thresh,
                              test_topk_per_image=m.detections_per_img, smooth_l1_beta=m.smooth_l1_beta)
-    d2.model.pixel_mean, d2.model.pixel_std = list(m.pixel_mean), list(m.pixel_std)
+    d2.model.pixel_mean, d2.model.pixel_std = list(ours_cfg.data.mean), list(ours_cfg.data.std)
     model = instantiate(d2.model).eval()
     model.backbone.top_block.in_feature = levels[-2]  # the max-pool level follows the last stage (detectron2: "p5")
     model.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=True)
@@ -132,7 +132,7 @@ def main(argv=None) -> Dict:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, ["model.drop_path_rate=0.0", *args.overrides])
     torch.manual_seed(args.seed)
-    ours = build_mask_rcnn(cfg.model, args.num_classes).eval()
+    ours = build_mask_rcnn(cfg, args.num_classes).eval()
     confident_heads(ours, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "vitdet.pth"

@@ -33,7 +33,7 @@ from .cli import check_writable_folder
 from .config import ConfigError
 from .data.ade import SegTrainTransform, files_by_stem, read_image, split_folders
 from .data.cls import (FORMATS, LETTER_DIR, build_transform, check_num_classes, image_folder_classes, inat_categories,
-                       read_categories)
+                       read_categories, split_index)
 from .data.coco import CocoDetection, CocoFormatError, LargeScaleJitter, box_outside, drop_reason
 from .data.images import (IMAGENET_MEAN, IMAGENET_STD, ROOT_HINT, DatasetError, MissingFileError, read_annotation_json,
                           read_rgb)
@@ -133,13 +133,10 @@ def to_uint8(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -
 
 
 def normalisation(cfg: DictConfig) -> Tuple[Sequence[float], Sequence[float]]:
-    """The mean and std the task's training transform normalises with: data.mean/std, else model.pixel_mean/std,
-    else timm's ImageNet default (0..1 values: the classification transforms)."""
-    for prefix in ("data.", "model.pixel_"):
-        mean, std = OmegaConf.select(cfg, f"{prefix}mean"), OmegaConf.select(cfg, f"{prefix}std")
-        if mean is not None and std is not None:
-            return list(mean), list(std)
-    return IMAGENET_MEAN, IMAGENET_STD
+    """The mean and std the task's training transform normalises with: data.mean/std, else timm's ImageNet default
+    (0..1 values: the classification transforms)."""
+    mean, std = OmegaConf.select(cfg, "data.mean"), OmegaConf.select(cfg, "data.std")
+    return (list(mean), list(std)) if mean is not None else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _as_tensor(image: Image.Image) -> torch.Tensor:
@@ -488,8 +485,8 @@ class ClassificationBrowser(Browser):
         if d.format not in FORMATS:
             raise ConfigError(f"data.format '{d.format}' is not one of {', '.join(FORMATS)}")
         root = Path(d.root)
-        index = root / str(d[split])
-        self.split = str(d[split])
+        index = split_index(d, split)
+        self.split = str(d[f"{split}_split"])
         self.source = str(index)
         self.image_root = root / str(d[f"{split}_images"] or "")
         num_classes = int(d.num_classes) if d.num_classes is not None else None

@@ -3,6 +3,7 @@ checkpoint, and one-line errors for bad input. The output folder is checked befo
 writable folder, and one that holds another run's checkpoint is not trained into unless that run is resumed."""
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -49,15 +50,38 @@ def number_in(kind: type, low: Optional[float] = None, high: Optional[float] = N
     return parse
 
 
+class ToolParser(argparse.ArgumentParser):
+    """The training tools' parser. In a multi-process job every process reads the same command line, config and files
+    before the processes join, and fails the same way: its usage errors and one-line errors are then said by the first
+    process only (the others exit with the same status, silently). Once they have joined, an error may be one
+    process's own, and every process says its own."""
+
+    def error(self, message):
+        if _speaks_for_the_job():
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def exit(self, status=0, message=None):
+        super().exit(status, message if not status or _speaks_for_the_job() else None)
+
+
+def _speaks_for_the_job() -> bool:
+    from .engine import dist  # torch: only on the error path, so that --help stays fast
+
+    return dist.is_dist() or dist.is_main_process()
+
+
 def tool_parser(doc: str, demo_config: str, checkpoint_help: Optional[str] = None,
                 output_root: Optional[str] = None) -> argparse.ArgumentParser:
     """The training tools' command line; `output_root`: where runs go when the config names no output folder."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=demo_config, help=f"YAML recipe (default: {demo_config}, the CPU demo)")
     default_dir = f"train.output_dir, else {output_root}/<config name>" if output_root else "train.output_dir"
     parser.add_argument("--output-dir", help=f"where the run writes its checkpoint, logs and results (default: "
                                              f"{default_dir})")
     parser.add_argument("--resume", help="checkpoint.pth to continue from, or 'auto' (the output dir's)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an output dir that holds another run (train.overwrite=true)")
     if checkpoint_help:
         parser.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint on the val split")
         parser.add_argument("--checkpoint", help=checkpoint_help)
@@ -81,6 +105,7 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     extra = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
     extra += [f"train.resume={args.resume}"] if args.resume else []
     extra += ["train.unsafe_load=true"] if args.unsafe_load else []
+    extra += ["train.overwrite=true"] if args.overwrite else []
     try:
         cfg = load_config(args.config, [*args.overrides, *extra])
         if tool is not None:
@@ -153,6 +178,15 @@ def check_writable_file(path, what: str) -> None:
         raise OutputPathError(f"{what} {path} {problem}")
 
 
+def check_new_output(path, what: str, overwrite: bool, folder: bool = False) -> None:
+    """check_writable_file (check_writable_folder with `folder`) and, unless `overwrite`, nothing there yet: a tool
+    does not silently replace an earlier output."""
+    (check_writable_folder if folder else check_writable_file)(path, what)
+    path = Path(path)
+    if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        raise OutputPathError(f"{what} {path} exists: pass --overwrite to replace it, or choose another {what}")
+
+
 def _run_description(checkpoint: Path) -> str:
     import torch
 
@@ -188,7 +222,7 @@ def check_output_dir(cfg: DictConfig, eval_only: bool = False, demo_config: Opti
     demos_own = demo_config is not None and out.resolve() == Path(load_config(demo_config).train.output_dir).resolve()
     if checkpoint.is_file() and not resumes_it and not cfg.train.overwrite and not demos_own:
         raise ConfigError(f"{out} holds a run ({_run_description(checkpoint)}): resume it with --resume auto, choose "
-                          "another --output-dir, or pass train.overwrite=true to start over there")
+                          "another --output-dir, or pass --overwrite to start over there")
     if resume and resume != "auto":
         check_resume_file(Path(resume))  # before the demo encoder's pretraining, downloads or data
 

@@ -96,6 +96,12 @@ RANGES = {
 }
 
 
+# One idea has one name in every task's recipes; a file or override with the earlier name is told the current one.
+RENAMED_KEYS = {"model.drop_path": "model.drop_path_rate", "data.input_size": "model.img_size",
+                "data.train": "data.train_split", "data.val": "data.val_split",
+                "model.pixel_mean": "data.mean", "model.pixel_std": "data.std"}
+
+
 def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
     """' (did you mean X?)' with the candidate closest to a misspelt `word`, or '' when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
@@ -109,7 +115,7 @@ def _dotted_keys(cfg: dict, prefix: str = "") -> Iterable[str]:
 
 def _closest_key(key: str, cfg: DictConfig) -> str:
     """' (did you mean X?)' with the valid key closest to a misspelt one: a name of the same section
-    (model.drop_path -> model.drop_path_rate), else the closest whole dotted key (trian.lr -> train.lr), else the
+    (model.drop_rate -> model.drop_path_rate), else the closest whole dotted key (trian.lr -> train.lr), else the
     one key of another section with the same name (data.warmup_iters -> train.warmup_iters); '' when none is."""
     keys = list(_dotted_keys(OmegaConf.to_container(cfg)))
     section, _, leaf = key.rpartition(".")
@@ -216,6 +222,9 @@ def _merge_strict(base: DictConfig, override: DictConfig, source: str,
         return OmegaConf.merge(base, override)
     except ConfigKeyError as exc:
         key = getattr(exc, "full_key", None) or str(exc)
+        renamed = RENAMED_KEYS.get(key)
+        if renamed and OmegaConf.select(base, renamed, default=None) is not None:
+            raise ConfigError(f"{source}: config key '{key}' is now '{renamed}'") from None
         raise ConfigError(f"{source}: unknown config key '{key}'{_closest_key(key, base)}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{source}: {' '.join(str(exc).split())}") from None
@@ -226,10 +235,11 @@ def _get(cfg: DictConfig, key: str):
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _encoder(cfg: DictConfig, size_key: str) -> Dict[str, int]:
-    """depth and patch size of the configured encoder (explicit values over the named size's)."""
+def _encoder(cfg: DictConfig) -> Dict[str, int]:
+    """depth, patch size and image size of the configured encoder (explicit values over the named size's)."""
     size = VIT_SIZES[cfg.model.arch]
-    return {k: _get(cfg, f"model.{k}") or size[k] for k in ("depth", "patch_size")} | {"size": _get(cfg, size_key)}
+    encoder = {k: _get(cfg, f"model.{k}") or size[k] for k in ("depth", "patch_size")}
+    return encoder | {"size": _get(cfg, "model.img_size")}
 
 
 def check_rules(cfg: DictConfig) -> None:
@@ -237,10 +247,9 @@ def check_rules(cfg: DictConfig) -> None:
     ConfigError names the keys, their values and what fits."""
     if _get(cfg, "model.arch") is None:
         return
-    size_key = "data.input_size" if _get(cfg, "data.input_size") is not None else "model.img_size"
-    enc = _encoder(cfg, size_key)
+    enc = _encoder(cfg)
     if enc["size"] is not None and enc["size"] % enc["patch_size"]:
-        raise ConfigError(f"{size_key}={enc['size']} is not a multiple of the patch size {enc['patch_size']} "
+        raise ConfigError(f"model.img_size={enc['size']} is not a multiple of the patch size {enc['patch_size']} "
                           f"(model.arch={cfg.model.arch}, model.patch_size)")
     for key in ("model.global_blocks", "model.out_indices"):  # det: global attention; seg: blocks feeding the pyramid
         blocks = _get(cfg, key)

@@ -1,7 +1,7 @@
 """Optimizers, parameter groups with layer-wise lr decay, and per-iteration learning-rate schedules."""
 import math
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Collection, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -27,9 +27,11 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
-                 no_weight_decay: Iterable[str] = NO_WEIGHT_DECAY, num_layers: Optional[int] = None) -> List[Dict]:
-    """AdamW/LARS parameter groups: no decay on 1-D params and on `no_weight_decay` names; with layer_decay < 1
-    each group carries `lr_scale = layer_decay ** (num_layers - layer_id)`, num_layers = depth + 1."""
+                 no_weight_decay: Iterable[str] = NO_WEIGHT_DECAY, num_layers: Optional[int] = None,
+                 exempt: Optional[Collection[str]] = None) -> List[Dict]:
+    """AdamW/LARS parameter groups: no decay on 1-D params and on `no_weight_decay` names, or, where `exempt` (full
+    parameter names) is given, on exactly those; with layer_decay < 1 each group carries
+    `lr_scale = layer_decay ** (num_layers - layer_id)`, num_layers = depth + 1."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if num_layers is None:
         depth = max((int(m.group(1)) + 1 for n, _ in named if (m := _BLOCK.search(n))), default=0)
@@ -37,7 +39,8 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     skip = set(no_weight_decay)
     groups: Dict[tuple, Dict] = {}
     for name, p in named:
-        no_decay = p.ndim == 1 or bool(skip.intersection(name.split(".")))
+        no_decay = name in exempt if exempt is not None else (
+            p.ndim == 1 or bool(skip.intersection(name.split("."))))
         lid = layer_id(name, num_layers) if layer_decay != 1.0 else num_layers
         key = (lid, no_decay)
         if key not in groups:
@@ -73,17 +76,22 @@ def base_lr(train_cfg, effective_batch: int) -> float:
 
 
 def lr_at(train_cfg, it: int, total_iters: int, iters_per_epoch: int, peak_lr: float) -> float:
-    """Learning rate at iteration `it` (0-based): linear warmup from warmup_start_factor * peak, then the schedule."""
+    """Learning rate at iteration `it` (0-based): linear warmup from warmup_start_factor * peak, then the schedule.
+    With `mmengine_schedule` the warm-up and poly count as mmengine's LinearLR and PolyLR (mmseg's recipes): each
+    spans [begin, end) and reaches its end value at iteration end - 1, one iteration before MAE's and detectron2's
+    (mmengine's cosine and multi-step already count as here)."""
     warmup = int(train_cfg.warmup_iters) or round(float(train_cfg.warmup_epochs) * iters_per_epoch)
+    last = 1 if train_cfg.get("mmengine_schedule", False) else 0
     if it < warmup:
         start = float(train_cfg.warmup_start_factor)
-        return peak_lr * (start + (1.0 - start) * it / warmup)
+        return peak_lr * (start + (1.0 - start) * it / max(1, warmup - last))
     min_lr = float(train_cfg.min_lr)
     progress = (it - warmup) / max(1, total_iters - warmup)
     schedule = train_cfg.schedule
     if schedule == "cosine":
         return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "poly":
+        progress = (it - warmup) / max(1, total_iters - warmup - last)
         return min_lr + (peak_lr - min_lr) * (1.0 - progress) ** float(train_cfg.poly_power)
     if schedule == "step":
         steps = [s * total_iters if s < 1 else s for s in train_cfg.steps]

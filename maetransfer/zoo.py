@@ -4,7 +4,8 @@ Every tool that takes a checkpoint path also takes a name listed here (`--checkp
 `train.init_checkpoint=mae_pretrain_vit_large`) or a Hugging Face hub id (`facebook/vit-mae-base`): the tools turn
 each such spec into a file with `resolve` before anything reads it (the checkpoint reader only reads files). Files
 are downloaded once into torch's hub cache (`cache_dir()`), resuming a partial file, checked against the published
-digest prefix and for the registered format, ViT size and contents, then renamed into place; hub ids go through
+digest prefix and for the registered format, ViT size and contents, then renamed into place; a file found in the
+cache (copied there by hand) is checked the same way at its first use. Hub ids go through
 huggingface_hub's own cache. Nothing is fetched at
 import. `python -m maetransfer.zoo` lists the names with their published numbers and the commands that reproduce them;
 `python -m maetransfer.zoo NAME ...` downloads and prints the local paths.
@@ -57,7 +58,7 @@ _MAE = "https://dl.fbaipublicfiles.com/mae"
 _TOOL = {name: f"tools/{spec.tool}.py" for name, spec in TASKS.items()}  # the task table's tools
 _FT_CMD = f"torchrun --nproc_per_node 8 {_TOOL['cls']} --config configs/cls/imagenet_vit_{{size}}.yaml " \
           "data.root=/data/imagenet train.init_checkpoint={name}"
-_VIS_CMD = "python tools/visualize_mae.py {name} photo.jpg --out recon.png"
+_VIS_CMD = "python tools/visualize_mae.py {name} photo.jpg --output recon.png"
 # Per size: md5 prefix of mae_pretrain_* (MAE README), IN-1k top-1 after fine-tuning (paper), md5 prefix of
 # mae_finetuned_* and the top-1 / top-5 its evaluation prints (FINETUNE.md).
 _MAE_SIZES = {"base": ("8cad7c", "83.6", "1b25e9", "83.664 / 96.530"),
@@ -180,6 +181,7 @@ _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionE
 def _fetch_file(release: Release, unsafe: bool) -> Path:
     dest = cache_dir() / release.url.rsplit("/", 1)[-1]
     if dest.is_file():
+        _check_cached(release, dest, unsafe)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{dest}.lock"):  # processes that ask at once (DDP ranks) download once; the others wait for it
@@ -192,7 +194,34 @@ def _fetch_file(release: Release, unsafe: bool) -> Path:
                 raise CheckpointError(f"{release.name}: the file downloaded from {release.url} {problem}; it was "
                                       f"deleted, run again to download it anew")
             partial.replace(dest)
+            _stamp_checked(dest)
     return dest
+
+
+def _check_cached(release: Release, path: Path, unsafe: bool) -> None:
+    """A file found in the cache under a released name may have been put there by hand or by a broken copy: it is
+    checked as a download is (digest, then structure) the first time it is used. A stamp of the size and time it was
+    checked at spares hashing gigabytes again on every later use; a file changed since is checked again."""
+    stamp = path.with_name(path.name + ".checked")
+    if stamp.is_file() and stamp.read_text() == _identity(path):
+        return
+    problem = _problem(release, path, unsafe)
+    if problem:
+        raise CheckpointError(f"{release.name}: {path} in the checkpoint cache {problem}; delete it to download the "
+                              f"release anew, or pass the file by its path to use it as it is")
+    _stamp_checked(path)
+
+
+def _identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
+def _stamp_checked(path: Path) -> None:
+    try:
+        path.with_name(path.name + ".checked").write_text(_identity(path))
+    except OSError:  # a read-only shared cache: the file is checked again at its next use
+        pass
 
 
 def _download(release: Release, partial: Path, dest: Path) -> None:

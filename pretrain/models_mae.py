@@ -64,7 +64,10 @@ class MaskedAutoencoderViT(VisionTransformer):
             nn.init.normal_(self.encoder_mask_token, std=0.02)
 
     def no_weight_decay(self) -> set:
-        return {"pos_embed", "cls_token", "mask_token", "encoder_mask_token", "decoder_pos_embed"}
+        """No exemption by name: the official pretraining decays cls_token and mask_token like the weight matrices
+        (main_pretrain.py builds its groups with timm's add_weight_decay and no skip list, so only 1-D tensors are
+        exempt); the sin-cos tables do not train."""
+        return set()
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         return patchify(imgs, self.patch_size)

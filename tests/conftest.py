@@ -17,7 +17,12 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mmseg():
-    """mmsegmentation as an oracle, skipped where it is not installed. mmseg 1.2.2 imports `mmcv.ops` at start-up
+    """mmsegmentation as an oracle, skipped where it is not installed (`import_mmseg`)."""
+    return import_mmseg()
+
+
+def import_mmseg():
+    """mmsegmentation, skipped where it is not installed. mmseg 1.2.2 imports `mmcv.ops` at start-up
     (for Mask2Former's point_sample and a few heads), which a source build of mmcv without compiled ops
     (MMCV_WITH_OPS=0, the only build that installs from the registry here) cannot import: such an mmcv gets a
     stand-in `mmcv.ops` whose names fail only when used. The UperNet, ViT and inference code under test use none."""

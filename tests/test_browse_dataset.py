@@ -209,8 +209,8 @@ def test_classification_list_file_label_out_of_range_and_augmented_size(tool, cl
     names = [img["file_name"] for img in data["images"]][:4]
     (root / "list.txt").write_text(f"{names[0]} 0\n{names[1]} 1\n{names[2]} 9\n{names[3]} 2\n")
     out = tmp_path / "browse"
-    _run(tool, "configs/cls/demo.yaml", root, out, "data.format=places", "data.train=list.txt",
-         "data.num_classes=6", "--augmented", "data.input_size=24")
+    _run(tool, "configs/cls/demo.yaml", root, out, "data.format=places", "data.train_split=list.txt",
+         "data.num_classes=6", "--augmented", "model.img_size=24")
     pictures = _pictures(out)
     assert len(pictures) == 3 and {Image.open(p).size for p in pictures} == {(_enlarged_side(24),) * 2}
     found, _ = _problems(out)

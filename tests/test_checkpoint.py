@@ -307,13 +307,13 @@ def test_cli_converts_to_hf(official, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     path, _, _ = official
     main = _cli()
-    main([str(path), str(tmp_path / "hf"), "--to", "hf", "--num-heads", str(HEADS), "--decoder-num-heads",
+    main([str(path), "--output", str(tmp_path / "hf"), "--to", "hf", "--num-heads", str(HEADS), "--decoder-num-heads",
           str(DEC_HEADS)])
     out = capsys.readouterr().out
     assert "read" in out and "as mae" in out and "decoder 32 tensors" in out
     assert transformers.ViTMAEConfig.from_pretrained(tmp_path / "hf").num_attention_heads == HEADS
     with pytest.raises(SystemExit) as info:
-        main([str(path), str(tmp_path / "x.pth"), "--to", "mae", "--model", "vit_base"])
+        main([str(path), "--output", str(tmp_path / "x.pth"), "--to", "mae", "--model", "vit_base"])
     assert "embed 32/depth 2, not vit_base" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -326,7 +326,8 @@ def test_a_fine_tuned_classifier_to_hf_names_the_missing_final_norm(tmp_path):
     assert "norm.weight" not in classifier.state_dict() and "fc_norm.weight" in classifier.state_dict()
     torch.save({"model": classifier.state_dict()}, tmp_path / "finetuned.pth")
     with pytest.raises(SystemExit) as info:
-        _cli()([str(tmp_path / "finetuned.pth"), str(tmp_path / "hf"), "--to", "hf", "--num-heads", str(HEADS)])
+        _cli()([str(tmp_path / "finetuned.pth"), "--output", str(tmp_path / "hf"), "--to", "hf", "--num-heads",
+                str(HEADS)])
     message = str(info.value)
     assert "fc_norm instead of the final norm" in message and "--to mae or --to timm" in message
     assert "transformers" not in message.replace("HF ViTMAE", "") and "\n" not in message.strip()
@@ -390,7 +391,7 @@ def test_the_converter_reports_a_bad_source_in_one_line_and_writes_nothing(case,
     torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1)}, "x": _Exploit(tmp_path / "pwned")},
                tmp_path / "evil.pth")
     with pytest.raises(SystemExit) as info:
-        _cli()([str(tmp_path / case), str(tmp_path / "out.pth"), "--to", "timm"])
+        _cli()([str(tmp_path / case), "--output", str(tmp_path / "out.pth"), "--to", "timm"])
     message = str(info.value)
     assert message.startswith(f"error: {tmp_path / case}") and problem in message and "\n" not in message
     assert not (tmp_path / "out.pth").exists() and not (tmp_path / "pwned").exists()

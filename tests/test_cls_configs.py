@@ -34,10 +34,10 @@ def test_transfer_configs(dataset, variant, column):
     arch = variant.replace("_448", "")
     blr, layer_decay, drop_path, epochs = FINETUNE[arch]
     assert (cfg.model.arch, cfg.model.mode, cfg.model.global_pool) == (arch, "finetune", "avg")
-    assert (cfg.train.blr, cfg.train.layer_decay, cfg.model.drop_path, cfg.train.epochs) == (blr, layer_decay,
+    assert (cfg.train.blr, cfg.train.layer_decay, cfg.model.drop_path_rate, cfg.train.epochs) == (blr, layer_decay,
                                                                                               drop_path, epochs)
-    assert cfg.data.input_size == (448 if variant.endswith("448") else 224)
-    assert (cfg.data.format, cfg.data.train, cfg.data.val, cfg.data.num_classes) == DATA[dataset]
+    assert cfg.model.img_size == (448 if variant.endswith("448") else 224)
+    assert (cfg.data.format, cfg.data.train_split, cfg.data.val_split, cfg.data.num_classes) == DATA[dataset]
     assert (cfg.aug.auto_augment, cfg.aug.mixup, cfg.aug.cutmix, cfg.aug.smoothing, cfg.aug.reprob) == \
         ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25)
     assert (cfg.train.warmup_epochs, cfg.train.min_lr, tuple(cfg.train.betas)) == (5, 1e-6, (0.9, 0.999))

@@ -215,7 +215,7 @@ def test_missing_index_file_is_named(tmp_path):
 @pytest.mark.parametrize("size, resize", [(224, 256), (448, 448)])
 def test_eval_transform_is_the_official_resize_and_center_crop(size, resize):
     """Official util/datasets.py: Resize(int(size / crop_pct), bicubic) with crop_pct 224/256 up to 224, else 1.0."""
-    cfg = load_config(CONFIGS / "imagenet_vit_base.yaml", [f"data.input_size={size}"])
+    cfg = load_config(CONFIGS / "imagenet_vit_base.yaml", [f"model.img_size={size}"])
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
     reference = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
                            T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])

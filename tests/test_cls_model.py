@@ -15,7 +15,7 @@ ARCH = dict(arch="vit_micro", patch_size=8, embed_dim=32, depth=4, num_heads=2)
 
 def _cfg(mode="finetune", global_pool="avg", partial_blocks=0, drop_path=0.0):
     return OmegaConf.create(dict(mode=mode, global_pool=global_pool, partial_blocks=partial_blocks,
-                                 drop_path=drop_path, grad_checkpointing=False, **ARCH))
+                                 drop_path_rate=drop_path, grad_checkpointing=False, **ARCH))
 
 
 def _timm(num_classes, global_pool):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 train_cls = load_tool("train_cls")
 
 TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-        "data.input_size=32", "train.epochs=1", "train.batch_size=8", "train.warmup_epochs=0", "eval.batch_size=8",
+        "model.img_size=32", "train.epochs=1", "train.batch_size=8", "train.warmup_epochs=0", "eval.batch_size=8",
         "train.num_workers=0", "train.log_period=1", "train.init_checkpoint="]  # never the demo pretraining
 
 

@@ -40,7 +40,7 @@ def _segmentor():
 
 def _detector_backbone():
     cfg = load_config("configs/det/demo.yaml", ["model.depth=2", "model.global_blocks=[1]"])
-    return build_mask_rcnn(cfg.model, 6).backbone, (torch.randn(2, 3, 128, 128),)
+    return build_mask_rcnn(cfg, 6).backbone, (torch.randn(2, 3, 128, 128),)
 
 
 @pytest.mark.parametrize("build", [_mae, _classifier, _segmentor, _detector_backbone])
@@ -69,8 +69,8 @@ def _detection_batch():
 def test_detector_compiles_its_backbone_only_and_keeps_its_losses():
     cfg = load_config("configs/det/demo.yaml", ["model.depth=2", "model.global_blocks=[1]"])
     torch.manual_seed(0)
-    eager = build_mask_rcnn(cfg.model, 6).train()
-    compiled = build_mask_rcnn(cfg.model, 6).train()
+    eager = build_mask_rcnn(cfg, 6).train()
+    compiled = build_mask_rcnn(cfg, 6).train()
     compiled.load_state_dict(eager.state_dict())
     compiled.compile(backend="aot_eager")  # graph capture and autograd as inductor sees them, without codegen
     assert compiled.backbone._compiled_call_impl is not None and compiled._compiled_call_impl is None

@@ -90,8 +90,8 @@ BROKEN_RULES = [
     ("train_cls", ["aug.mixup=0.8", "train.batch_size=31"],
      "train.batch_size=31: Mixup/CutMix mix pairs of images in a batch; use an even batch, or aug.mixup=0 "
      "aug.cutmix=0"),
-    ("train_cls", ["data.input_size=60"],
-     "data.input_size=60 is not a multiple of the patch size 8 (model.arch=vit_demo, model.patch_size)"),
+    ("train_cls", ["model.img_size=60"],
+     "model.img_size=60 is not a multiple of the patch size 8 (model.arch=vit_demo, model.patch_size)"),
     ("pretrain_mae", ["model.patch_size=6"],
      "model.img_size=64 is not a multiple of the patch size 6 (model.arch=vit_demo, model.patch_size)"),
 ]

@@ -96,7 +96,7 @@ def test_lsj_samples_equal_detectron2_dataset_mapper(tmp_path, mask_format):
 def _models(tmp_path, *overrides):
     cfg = load_config("configs/det/demo.yaml", ["train.init_checkpoint=", "model.drop_path_rate=0.0", *overrides])
     torch.manual_seed(0)
-    ours = build_mask_rcnn(cfg.model, 3)
+    ours = build_mask_rcnn(cfg, 3)
     confident_heads(ours, 0)
     weights = tmp_path / "vitdet.pth"
     torch.save(to_detectron2_detector(ours.state_dict(), "ours"), weights)

@@ -116,7 +116,7 @@ def test_detector_exports_to_detectron2_layout_and_back_bit_exact(tmp_path):
     metrics = tool.main(_args(data, tmp_path / "run", "train.max_iters=2", "train.checkpoint_period=2"))
     trained = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=False)["model"]
 
-    _convert(tmp_path / "run" / "checkpoint.pth", tmp_path / "vitdet.pth", "--to", "detectron2")
+    _convert(tmp_path / "run" / "checkpoint.pth", "--output", tmp_path / "vitdet.pth", "--to", "detectron2")
     exported = torch.load(tmp_path / "vitdet.pth", weights_only=True)
     assert set(exported) == {"model"} and sorted(exported["model"]) == sorted(detectron2_keys())
     assert exported["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 7  # 6 classes + background
@@ -125,7 +125,7 @@ def test_detector_exports_to_detectron2_layout_and_back_bit_exact(tmp_path):
     # the exported file evaluates through --eval-only to the same numbers, and exports again byte for byte
     again = tool.main(_args(data, tmp_path / "eval", "--eval-only", "--checkpoint", str(tmp_path / "vitdet.pth")))
     assert again == metrics
-    _convert(tmp_path / "vitdet.pth", tmp_path / "vitdet2.pth", "--to", "detectron2")
+    _convert(tmp_path / "vitdet.pth", "--output", tmp_path / "vitdet2.pth", "--to", "detectron2")
     second = torch.load(tmp_path / "vitdet2.pth", weights_only=True)["model"]
     assert list(second) == list(exported["model"])
     assert all(torch.equal(second[k], exported["model"][k]) for k in second)
@@ -134,10 +134,10 @@ def test_detector_exports_to_detectron2_layout_and_back_bit_exact(tmp_path):
     from maetransfer.det.model import build_mask_rcnn
     from maetransfer.det.train import load_pretrained
     from test_det_model import tiny_cfg
-    model = build_mask_rcnn(tiny_cfg().model, num_classes=6)
+    model = build_mask_rcnn(tiny_cfg(), num_classes=6)
     load_pretrained(model, str(tmp_path / "vitdet.pth"))
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
-    fewer = build_mask_rcnn(tiny_cfg().model, num_classes=2)  # fine-tuning on other classes: predictors start fresh
+    fewer = build_mask_rcnn(tiny_cfg(), num_classes=2)  # fine-tuning on other classes: predictors start fresh
     load_pretrained(fewer, str(tmp_path / "vitdet.pth"))
     assert torch.equal(fewer.state_dict()["roi_heads.mask_head.mask_fcn1.weight"],
                        trained["roi_heads.mask_head.mask_fcn1.weight"])
@@ -152,7 +152,7 @@ def test_detectron2_files_with_numpy_arrays_and_bad_detector_files(tmp_path, cap
     from maetransfer.det.model import build_mask_rcnn
     from test_det_model import tiny_cfg
     torch.manual_seed(0)
-    state = build_mask_rcnn(tiny_cfg().model, num_classes=6).state_dict()
+    state = build_mask_rcnn(tiny_cfg(), num_classes=6).state_dict()
     pkl = tmp_path / "model_final.pkl"
     pkl.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "zoo"}))
     tool = _tool()
@@ -176,10 +176,10 @@ def test_detectron2_files_with_numpy_arrays_and_bad_detector_files(tmp_path, cap
         assert exit_info.value.code == 1 and message in err and "\n" not in err, err
 
     multilevel = build_mask_rcnn(tiny_cfg("model.pyramid=multilevel", "model.scale_factors=[4.0,2.0,1.0,0.5]",
-                                          "model.anchor_sizes=[8,16,32,64,128]").model, num_classes=6)
+                                          "model.anchor_sizes=[8,16,32,64,128]"), num_classes=6)
     torch.save({"model": multilevel.state_dict()}, tmp_path / "ml.pth")
     with pytest.raises(SystemExit) as exit_info:
-        _convert(tmp_path / "ml.pth", tmp_path / "ml_d2.pth", "--to", "detectron2")
+        _convert(tmp_path / "ml.pth", "--output", tmp_path / "ml_d2.pth", "--to", "detectron2")
     assert "no detectron2 ViTDet equivalent" in str(exit_info.value) and not (tmp_path / "ml_d2.pth").exists()
 
 

@@ -52,12 +52,22 @@ def test_lr_schedules_against_hand_values():
     assert [lr_at(t, i, 110, 10, 1.0) for i in (59, 60, 95)] == pytest.approx([1.0, 0.1, 0.01])
 
 
+def test_mmengine_schedule_ends_one_iteration_earlier():
+    # mmseg's LinearLR(start_factor, begin=0, end=10) then PolyLR(begin=10, end=110): each scheduler spans
+    # end - begin - 1 steps, so the peak is reached at iteration 9 (and kept at 10) and 0 at the last, 109
+    t = OmegaConf.create({"warmup_iters": 10, "warmup_epochs": 0, "warmup_start_factor": 1e-6, "min_lr": 0.0,
+                          "schedule": "poly", "poly_power": 1.0, "mmengine_schedule": True})
+    assert lr_at(t, 3, 110, 10, 2.0) == pytest.approx(2.0 * (1e-6 + (1 - 1e-6) * 3 / 9))
+    assert [lr_at(t, i, 110, 10, 2.0) for i in (9, 10, 35, 109)] == pytest.approx([2.0, 2.0, 2.0 * (1 - 25 / 99), 0])
+
+
 def test_pretrain_weight_decay_groups():
     model = MaskedAutoencoderViT(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
     groups = param_groups(model, 0.05, no_weight_decay=model.no_weight_decay())
     decayed = {n for g in groups if g["weight_decay"] for n in g["param_names"]}
-    assert "cls_token" not in decayed and "mask_token" not in decayed and "blocks.0.norm1.weight" not in decayed
+    # as the official main_pretrain.py (timm add_weight_decay, no skip list): the tokens are decayed
+    assert "cls_token" in decayed and "mask_token" in decayed and "blocks.0.norm1.weight" not in decayed
     assert "blocks.0.attn.qkv.bias" not in decayed and "blocks.0.attn.qkv.weight" in decayed
     assert "pos_embed" not in {n for g in groups for n in g["param_names"]}  # fixed sin-cos, not trained
 

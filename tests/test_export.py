@@ -78,7 +78,7 @@ def test_clipping_to_a_tensor_size_equals_torchvisions():
 
 # -- classification: an official fine-tuned layout file ----------------------------------------------------------------
 CLS_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-            "data.input_size=32"]
+            "model.img_size=32"]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,8 @@ def cls_export(tmp_path_factory):
     data = write_demo_data(tmp / "data", n_train=2, n_val=12, size=32, seed=1)
     common = ["--config", ROOT / "configs/cls/demo.yaml", "--checkpoint", tmp / "finetuned.pth",
               f"data.root={data}", "data.demo=false", *CLS_TINY]
-    onnx_meta = _run(export_tool, *common, "--output", tmp / "onnx")
-    script_meta = _run(export_tool, *common, "--output", tmp / "torchscript", "--format", "torchscript")
+    onnx_meta = _run(export_tool, *common, "--output-dir", tmp / "onnx")
+    script_meta = _run(export_tool, *common, "--output-dir", tmp / "torchscript", "--format", "torchscript")
     return reference, data, tmp, onnx_meta, script_meta
 
 
@@ -119,7 +119,7 @@ def test_classifier_logits_equal_timms_from_the_same_file(cls_export):
         assert meta["check"]["passed"] and meta["input_size"] == [32, 32] and meta["num_classes"] == 6
     written = json.loads((tmp / "onnx" / "export.json").read_text())
     assert written["task"] == "cls" and written["check"]["top1_equal"] == "1/1"
-    assert written["mean"] == pytest.approx([0.485, 0.456, 0.406]) and written["config"]["data"]["input_size"] == 32
+    assert written["mean"] == pytest.approx([0.485, 0.456, 0.406]) and written["config"]["model"]["img_size"] == 32
 
 
 def test_predict_and_eval_only_on_the_exported_classifier_give_pytorchs_results(cls_export, tmp_path):
@@ -130,7 +130,7 @@ def test_predict_and_eval_only_on_the_exported_classifier_give_pytorchs_results(
                              ("torchscript", tmp / "torchscript" / "model.pt")):
         # predict.py takes a config file: the resolved one the export wrote
         _run(predict_tool, "--config", tmp / "onnx" / "config.yaml", "--checkpoint", checkpoint,
-             data / "images" / "val", "--output", tmp_path / name, "--topk", "3")
+             data / "images" / "val", "--output-dir", tmp_path / name, "--topk", "3")
         rows[name] = [(r["file_name"], r["label"]) for r in csv.DictReader(open(tmp_path / name / "predictions.csv"))]
         _run(train_cls, "--config", ROOT / "configs/cls/demo.yaml", "--checkpoint", checkpoint, *CLS_TINY,
              "--eval-only", "--output-dir", tmp_path / f"eval_{name}", f"data.root={data}", "data.demo=false")
@@ -166,7 +166,7 @@ def seg_export(tmp_path_factory):
     state.update({k: v for k, v in ckpt.other.items() if k.startswith(("decode_head.", "auxiliary_head.", "neck."))})
     torch.save({"state_dict": state}, tmp / "mmseg.pth")
     common = ["--config", ROOT / "configs/seg/demo.yaml", f"data.root={data}", "data.demo=false", *SEG_TINY]
-    meta = _run(export_tool, *common, "--checkpoint", tmp / "mmseg.pth", "--output", tmp / "onnx")
+    meta = _run(export_tool, *common, "--checkpoint", tmp / "mmseg.pth", "--output-dir", tmp / "onnx")
     return data, tmp, common, meta
 
 
@@ -177,7 +177,7 @@ def test_exported_segmentor_predicts_and_evaluates_as_pytorch(seg_export, tmp_pa
     maps, metrics = {}, {}
     for name, checkpoint in (("pytorch", tmp / "mmseg.pth"), ("onnx", tmp / "onnx" / "model.onnx")):
         _run(predict_tool, "--config", tmp / "onnx" / "config.yaml", "--checkpoint", checkpoint,
-             data / "images" / "validation", "--output", tmp_path / name)
+             data / "images" / "validation", "--output-dir", tmp_path / name)
         maps[name] = [np.asarray(Image.open(p)) for p in sorted((tmp_path / name / "labels").glob("*.png"))]
         _run(train_seg, *common, "--eval-only", "--checkpoint", checkpoint, "--output-dir", tmp_path / f"eval_{name}")
         metrics[name] = json.loads((tmp_path / f"eval_{name}" / "metrics.json").read_text())
@@ -206,11 +206,11 @@ def det_export(tmp_path_factory):
     data = write_demo_coco(tmp / "coco", num_train=1, num_val=6, size=64, max_shapes=3)
     cfg = load_config("configs/det/demo.yaml", DET_TINY)
     torch.manual_seed(0)
-    model = build_mask_rcnn(cfg.model, 6).eval()
+    model = build_mask_rcnn(cfg, 6).eval()
     confident_heads(model, 0)
     torch.save(to_detectron2_detector(model.state_dict(), "ours"), tmp / "vitdet.pth")
     common = ["--config", ROOT / "configs/det/demo.yaml", *DET_TINY]
-    meta = {fmt: _run(export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output", tmp / fmt, "--format",
+    meta = {fmt: _run(export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output-dir", tmp / fmt, "--format",
                       fmt, "--image", data / "val2017" / "000000000001.png") for fmt in ("onnx", "torchscript")}
     return data, tmp, common, meta
 
@@ -228,7 +228,7 @@ def test_exported_detector_predicts_and_evaluates_as_pytorch(det_export, tmp_pat
         _run(train_det, *common, "--eval-only", "--checkpoint", checkpoint, "--output-dir", tmp_path / f"eval_{name}",
              f"data.root={data}", "data.demo=false")
         _run(predict_tool, "--config", tmp / "onnx" / "config.yaml", "--checkpoint", checkpoint, data / "val2017",
-             "--output", tmp_path / name, "--score-thresh", "0.2")
+             "--output-dir", tmp_path / name, "--score-thresh", "0.2")
         runs[name] = {"eval": tmp_path / f"eval_{name}", "predict": tmp_path / name}
 
     def by_image(results):
@@ -261,12 +261,12 @@ def test_an_exported_detector_that_finds_nothing_predicts_nothing(det_export, tm
     """Zero detections: the graph's outputs have zero rows (the mask head runs on no box), and predict.py writes an
     empty predictions.json, as with the PyTorch model."""
     data, tmp, common, _ = det_export
-    meta = _run(export_tool, *common, "model.box_score_thresh=1.0", "--checkpoint", tmp / "vitdet.pth", "--output",
+    meta = _run(export_tool, *common, "model.box_score_thresh=1.0", "--checkpoint", tmp / "vitdet.pth", "--output-dir",
                 tmp_path / "none")
     assert meta["check"]["passed"] and meta["check"]["detections"] == meta["check"]["detections_exported"] == 0
     for checkpoint in (tmp / "vitdet.pth", tmp_path / "none" / "model.onnx"):
         records = _run(predict_tool, "--config", tmp_path / "none" / "config.yaml", "--checkpoint", checkpoint,
-                       data / "val2017", "--output", tmp_path / checkpoint.stem, "--score-thresh", "0")
+                       data / "val2017", "--output-dir", tmp_path / checkpoint.stem, "--score-thresh", "0")
         assert records == []
 
 
@@ -293,7 +293,7 @@ def test_a_detectron2_written_vitdet_exports_and_predicts_what_detectron2_does(t
         pytest.skip("detectron2 source tree with projects/ViTDet not found")
     cfg = load_config("configs/det/demo.yaml")
     torch.manual_seed(0)
-    ours = build_mask_rcnn(cfg.model, 80).eval()
+    ours = build_mask_rcnn(cfg, 80).eval()
     confident_heads(ours, 0)
     torch.save(to_detectron2_detector(ours.state_dict(), "ours"), tmp_path / "weights.pth")
     model = detectron2_model(str(vitdet), cfg, 80, tmp_path / "weights.pth")
@@ -311,11 +311,11 @@ def test_a_detectron2_written_vitdet_exports_and_predicts_what_detectron2_does(t
     theirs = {"boxes": instances.pred_boxes.tensor, "scores": instances.scores, "labels": instances.pred_classes,
               "masks": instances.pred_masks}
 
-    meta = _run(export_tool, "--config", "configs/det/demo.yaml", "--checkpoint", written, "--output",
+    meta = _run(export_tool, "--config", "configs/det/demo.yaml", "--checkpoint", written, "--output-dir",
                 tmp_path / "onnx", "--image", photo)
     assert meta["check"]["passed"]
     records = _run(predict_tool, "--config", "configs/det/demo.yaml", "--checkpoint", tmp_path / "onnx/model.onnx",
-                   photo, "--output", tmp_path / "out", "--score-thresh", "0")
+                   photo, "--output-dir", tmp_path / "out", "--score-thresh", "0")
     from maetransfer.data.coco import COCO_CATEGORIES
     mine = results_to_instances(records, {cat_id: i for i, (cat_id, _) in enumerate(COCO_CATEGORIES)})
     stats = match(theirs, mine, 0.99, 1e-4)
@@ -334,14 +334,14 @@ def test_export_errors_are_one_line_and_leave_earlier_files_untouched(det_export
     earlier = tmp / "onnx"
     before = _snapshot(earlier)
 
-    code, err = _fails(capsys, export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output", earlier)
+    code, err = _fails(capsys, export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output-dir", earlier)
     assert code == 2 and err == [f"error: {earlier} holds an earlier export (model.onnx): pass --overwrite to "
-                                 "replace it, or choose another --output"]
-    code, err = _fails(capsys, export_tool, *common, "--checkpoint", seg_tmp / "mmseg.pth", "--output",
+                                 "replace it, or choose another --output-dir"]
+    code, err = _fails(capsys, export_tool, *common, "--checkpoint", seg_tmp / "mmseg.pth", "--output-dir",
                        tmp_path / "wrong_task")
     assert code == 1 and err == [f"error: {seg_tmp / 'mmseg.pth'}: a segmentation model, but the config is a "
                                  "detection recipe"]
-    code, err = _fails(capsys, export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output",
+    code, err = _fails(capsys, export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output-dir",
                        tmp_path / "old_opset", "--opset", "13")
     assert code == 1 and err == ["error: --opset 13: RoIAlign(aligned=True), the detector's pooler, exports "
                                  "correctly only from opset 16; use --opset 17"]
@@ -354,13 +354,13 @@ def test_export_errors_are_one_line_and_leave_earlier_files_untouched(det_export
     images = data / "val2017"
     config = earlier / "config.yaml"
     result = subprocess.run([sys.executable, "tools/predict.py", "--config", str(config), "--checkpoint", str(corrupt),
-                             str(images), "--output", str(tmp_path / "p1")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)  # as a user runs it
+                             str(images), "--output-dir", str(tmp_path / "p1")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)  # as a user runs it
     err = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(err) == 1 and err[0].startswith(f"error: {corrupt}: not a readable ONNX "
                                                                           "model (")
     code, err = _fails(capsys, predict_tool, "--config", config, "--checkpoint", cls_tmp / "onnx" / "model.onnx",
-                       images, "--output", tmp_path / "p2")
+                       images, "--output-dir", tmp_path / "p2")
     assert code == 1 and err == [f"error: {cls_tmp / 'onnx' / 'model.onnx'}: an exported classification model, but "
                                  "the config is a detection recipe"]
     code, err = _fails(capsys, load_tool("train_det"), *common, "model.img_size=96", "--eval-only", "--checkpoint",
@@ -389,7 +389,7 @@ def test_an_export_that_disagrees_with_pytorch_is_not_written(cls_export, capsys
     _, data, tmp, _, _ = cls_export
     out = tmp_path / "wrong"
     code, err = _fails(capsys, export_tool, "--config", ROOT / "configs/cls/demo.yaml", "--checkpoint",
-                       tmp / "finetuned.pth", "--output", out, *CLS_TINY)
+                       tmp / "finetuned.pth", "--output-dir", out, *CLS_TINY)
     err = [line for line in err if not line.startswith("warning: ")]  # the file names no classes
     assert code == 1 and len(err) == 1
     assert err[0].startswith("error: the exported cls model disagrees with PyTorch: largest logit difference 5 ")
@@ -422,15 +422,15 @@ def test_a_second_export_into_the_same_folder_from_the_command_line_is_one_line(
     out = tmp / "onnx"
     before = _snapshot(out)
     command = [sys.executable, "tools/export.py", "--config", "configs/cls/demo.yaml", "--checkpoint",
-               str(tmp / "finetuned.pth"), "--output", str(out), *CLS_TINY]
+               str(tmp / "finetuned.pth"), "--output-dir", str(out), *CLS_TINY]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {out} holds an earlier export (model.onnx): pass "
-                                                  "--overwrite to replace it, or choose another --output"]
+                                                  "--overwrite to replace it, or choose another --output-dir"]
     assert _snapshot(out) == before
     copy = tmp / "onnx_copy"
     shutil.copytree(out, copy)
-    result = subprocess.run([*command[:-len(CLS_TINY) - 2], "--output", str(copy), "--overwrite", *CLS_TINY],
+    result = subprocess.run([*command[:-len(CLS_TINY) - 2], "--output-dir", str(copy), "--overwrite", *CLS_TINY],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "cls model exported to" in result.stdout and (copy / "model.onnx").is_file()

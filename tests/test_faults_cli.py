@@ -37,7 +37,7 @@ pretrain_tool, visualize_mae = _tool("pretrain_mae"), _tool("visualize_mae")
 convert_checkpoint = _tool("convert_checkpoint")
 
 CLS_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-            "data.input_size=32", "data.demo=false", "train.epochs=1", "train.batch_size=4", "train.warmup_epochs=0",
+            "model.img_size=32", "data.demo=false", "train.epochs=1", "train.batch_size=4", "train.warmup_epochs=0",
             "eval.batch_size=8", "train.num_workers=0", "train.log_period=1", "train.init_checkpoint=",
             "aug.mixup=0", "aug.cutmix=0", "aug.auto_augment=", "aug.reprob=0"]
 
@@ -186,7 +186,7 @@ def test_a_new_run_into_a_finished_runs_folder_stops_before_writing(finished_run
     before = _snapshot(finished_run)
     code, err = _fails(train_cls.main, ["--output-dir", str(finished_run), f"data.root={cls_data}", *CLS_TINY], capsys)
     assert (code, err) == (2, [f"error: {finished_run} holds a run (checkpoint.pth at iteration 2): resume it with "
-                                "--resume auto, choose another --output-dir, or pass train.overwrite=true to start "
+                                "--resume auto, choose another --output-dir, or pass --overwrite to start "
                                 "over there"])
     assert _snapshot(finished_run) == before
 
@@ -221,11 +221,11 @@ def test_eval_only_in_a_runs_folder_writes_to_its_eval_subfolder(finished_run, c
 
 
 def test_overwriting_a_run_starts_its_logs_afresh(finished_run, cls_data, tmp_path):
-    """train.overwrite=true trains again in the folder; log.jsonl then holds the new run's records only, once."""
+    """--overwrite trains again in the folder; log.jsonl then holds the new run's records only, once."""
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     old = [json.loads(line)["iter"] for line in (out / "log.jsonl").read_text().splitlines()]
-    train_cls.main(["--output-dir", str(out), f"data.root={cls_data}", *CLS_TINY, "train.overwrite=true"])
+    train_cls.main(["--output-dir", str(out), f"data.root={cls_data}", *CLS_TINY, "--overwrite"])
     new = [json.loads(line)["iter"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert new == old and new == sorted(new)
 
@@ -280,21 +280,41 @@ def test_an_output_folder_without_write_permission(tmp_path, capsys):
 def test_visualize_and_convert_check_their_output_path_first(tmp_path, capsys):
     (tmp_path / "file").write_text("mine")
     # the checkpoint does not exist either: the output path is checked before anything is read
-    code, err = _fails(visualize_mae.main, [str(tmp_path / "none.pth"), "a.jpg", "--out",
+    code, err = _fails(visualize_mae.main, [str(tmp_path / "none.pth"), "a.jpg", "--output",
                                             str(tmp_path / "file" / "recon.png")], capsys)
-    assert (code, err) == (2, [f"error: --out {tmp_path / 'file' / 'recon.png'} cannot be written: its folder "
+    assert (code, err) == (2, [f"error: --output {tmp_path / 'file' / 'recon.png'} cannot be written: its folder "
                                 f"{tmp_path / 'file'} is a file"])
-    code, err = _fails(visualize_mae.main, [str(tmp_path / "none.pth"), "a.jpg", "--out", str(tmp_path)], capsys)
-    assert (code, err) == (2, [f"error: --out {tmp_path} is a folder"])
-    code, err = _fails(convert_checkpoint.main, [str(tmp_path / "none.pth"), str(tmp_path / "file" / "x.pth"),
-                                                 "--to", "timm"], capsys)
-    assert (code, err) == (2, [f"error: dst {tmp_path / 'file' / 'x.pth'} cannot be written: its folder "
+    code, err = _fails(visualize_mae.main, [str(tmp_path / "none.pth"), "a.jpg", "--output", str(tmp_path)], capsys)
+    assert (code, err) == (2, [f"error: --output {tmp_path} is a folder"])
+    code, err = _fails(convert_checkpoint.main, [str(tmp_path / "none.pth"), "--output",
+                                                 str(tmp_path / "file" / "x.pth"), "--to", "timm"], capsys)
+    assert (code, err) == (2, [f"error: --output {tmp_path / 'file' / 'x.pth'} cannot be written: its folder "
                                 f"{tmp_path / 'file'} is a file"])
-    code, err = _fails(convert_checkpoint.main, [str(tmp_path / "none.pth"), str(tmp_path / "file" / "hf"),
+    code, err = _fails(convert_checkpoint.main, [str(tmp_path / "none.pth"), "--output", str(tmp_path / "file" / "hf"),
                                                  "--to", "hf"], capsys)
-    assert (code, err) == (2, [f"error: dst {tmp_path / 'file' / 'hf'} cannot be created: {tmp_path / 'file'} is a "
-                                "file"])
+    assert (code, err) == (2, [f"error: --output {tmp_path / 'file' / 'hf'} cannot be created: {tmp_path / 'file'} "
+                                "is a file"])
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_visualize_and_convert_keep_an_earlier_output_unless_told(tmp_path, capsys):
+    """An existing output is refused in one line before the checkpoint is read; --overwrite replaces it."""
+    (tmp_path / "recon.png").write_text("mine")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    code, err = _fails(visualize_mae.main, [str(tmp_path / "none.pth"), "a.jpg", "--output",
+                                            str(tmp_path / "recon.png")], capsys)
+    assert (code, err) == (2, [f"error: --output {tmp_path / 'recon.png'} exists: pass --overwrite to replace it, or "
+                                "choose another --output"])
+    code, err = _fails(convert_checkpoint.main, [str(tmp_path / "none.pth"), "--output", str(tmp_path / "hf"),
+                                                 "--to", "hf"], capsys)
+    assert (code, err) == (2, [f"error: --output {tmp_path / 'hf'} exists: pass --overwrite to replace it, or choose "
+                                "another --output"])
+    assert (tmp_path / "recon.png").read_text() == "mine" and (tmp_path / "hf" / "config.json").read_text() == "{}"
+    # with --overwrite the output check passes: the missing checkpoint is the next problem
+    code, err = _fails(visualize_mae.main, [str(tmp_path / "none.pth"), "a.jpg", "--output",
+                                            str(tmp_path / "recon.png"), "--overwrite"], capsys)
+    assert code == 1 and err[0].startswith(f"error: {tmp_path / 'none.pth'}")
 
 
 # -- 3. errors raised in DataLoader workers ----------------------------------------------------------------------------
@@ -478,7 +498,7 @@ def test_error_lines_name_the_fix(cls_data, tmp_path, capsys):
     ("submit", ["--nodes", "0"], "error: argument --nodes: 0 must be at least 1"),
 ])
 def test_numeric_options_are_range_checked_where_they_are_parsed(tool, argv, line):
-    common = {"predict": ["--config", "configs/cls/demo.yaml", "--checkpoint", "x.pth", "--output", "out", "a.jpg"],
+    common = {"predict": ["--config", "configs/cls/demo.yaml", "--checkpoint", "x.pth", "--output-dir", "out", "a.jpg"],
               "visualize_mae": ["x.pth", "a.jpg"], "submit": ["tools/train_det.py"]}[tool]
     run = subprocess.run([sys.executable, f"tools/{tool}.py", *argv, *common], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
@@ -514,3 +534,42 @@ def test_a_wrong_data_root_is_one_line_before_the_init_checkpoint_is_fetched(too
                                    "data.demo=false", "train.init_checkpoint=mae_pretrain_vit_base"], capsys)
     assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'nowhere' / missing}"), err
     assert fetched == [] and not (tmp_path / "run").exists()
+
+
+def test_a_multi_process_job_says_a_bad_command_line_once(tmp_path):
+    """Every process of a torchrun job reads the same command line and files before they join, and fails alike: the
+    one-line error (and a usage error's usage) appears once in the job's output, not once per process."""
+    tool = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29747",
+            "tools/train_cls.py", "--output-dir", str(tmp_path / "run")]
+    for extra, status, line in (
+            ([f"data.root={tmp_path / 'none'}", "data.demo=false"], 1,
+             f"error: {tmp_path / 'none' / 'val.json'}: annotation file not found (set data.root= to the data set's "
+             "folder)"),
+            (["--bogus"], 2, "train_cls.py: error: unrecognized arguments: --bogus")):
+        run = subprocess.run([*tool, *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode != 0
+        said = run.stdout + run.stderr
+        assert said.count(line) == 1 and f"exitcode: {status}" in said, said[-2000:]
+        assert said.count("usage: train_cls.py") == (1 if extra == ["--bogus"] else 0)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("tool, old, new", [
+    (train_cls, "model.drop_path=0.2", "model.drop_path_rate"),
+    (train_cls, "data.input_size=448", "model.img_size"),
+    (train_cls, "data.train=lists/train.csv", "data.train_split"),
+    (train_cls, "data.val=lists/val.csv", "data.val_split"),
+    (train_det, "model.pixel_mean=[0,0,0]", "data.mean"),
+    (train_det, "model.pixel_std=[1,1,1]", "data.std"),
+])
+def test_an_earlier_key_name_is_told_the_current_one(tool, old, new, tmp_path, capsys):
+    code, err = _fails(tool.main, ["--output-dir", str(tmp_path / "run"), old], capsys)
+    assert (code, err) == (2, [f"error: command line: config key '{old.split('=')[0]}' is now '{new}'"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_earlier_key_name_in_a_recipe_file_is_told_the_current_one(tmp_path, capsys):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"_base_: {ROOT / 'configs/cls/demo.yaml'}\nmodel:\n  drop_path: 0.2\n")
+    code, err = _fails(train_cls.main, ["--config", str(recipe), "--output-dir", str(tmp_path / "run")], capsys)
+    assert (code, err) == (2, [f"error: {recipe}: config key 'model.drop_path' is now 'model.drop_path_rate'"])

@@ -27,7 +27,7 @@ SEG_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.img_size=64", "
             "model.aux_channels=8", "data.scale=[256,64]", "data.crop_size=[64,64]", "eval.crop_size=[64,64]",
             "train.max_iters=2", "train.batch_size=2", "train.num_workers=0"]
 CLS_TINY = ["model.arch=vit_micro", "model.patch_size=8", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-            "data.input_size=32", "train.epochs=1", "train.batch_size=4", "train.num_workers=0"]
+            "model.img_size=32", "train.epochs=1", "train.batch_size=4", "train.num_workers=0"]
 
 
 def _tool(name: str):

@@ -8,6 +8,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,7 +164,7 @@ def test_a_too_small_training_set_is_named_before_anything_is_written(tmp_path, 
         train_cls.main(["--config", str(ROOT / "configs/cls/demo.yaml"), "--output-dir", str(out),
                         f"data.root={tmp_path / 'data'}", "data.demo=false", "model.arch=vit_micro",
                         "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-                        "data.input_size=32",
+                        "model.img_size=32",
                         "train.init_checkpoint=", "train.batch_size=8", "train.accum_iter=3"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (
@@ -375,3 +376,32 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_last_checkpoint_stays(i
                         err[0]), err
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     assert torch.load(out / "checkpoint.pth", weights_only=True)["iter"] == 2
+
+
+def test_a_process_lost_mid_run_ends_the_other_with_one_line(image_dir, tmp_path):
+    """Rank 1 of 2 (its own process, as on another node) killed with SIGKILL while training: rank 0 ends within
+    seconds, exit 1, with one line naming the lost rank and the checkpoint to resume from, and no traceback.
+    (tests/test_multinode.py does the same across two nodes, and resumes.)"""
+    command = [sys.executable, "tools/pretrain_mae.py", f"data.root={image_dir}", *TINY, "train.epochs=50",
+               "train.checkpoint_period=2", "train.num_threads=1", "--output-dir", str(tmp_path)]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29743",
+           "PYTHONUNBUFFERED": "1"}
+    ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    log, deadline = tmp_path / "log.jsonl", time.time() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 5):  # past the checkpoint of iteration 4
+        assert time.time() < deadline and ranks[0].poll() is None, "the run did not reach 5 records"
+        time.sleep(0.05)
+    ranks[1].kill()
+    lost = time.time()
+    _, err = ranks[0].communicate(timeout=60)
+    ended_in = time.time() - lost
+    ranks[1].communicate()
+    assert ranks[0].returncode == 1
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    host = re.escape(socket.gethostname())
+    assert re.fullmatch(rf"error: rank 1 on {host} lost \(connection (closed|reset) by peer\) in iteration \d+ of 100; "
+                        rf"the last checkpoint is {re.escape(str(tmp_path / 'checkpoint.pth'))} \(iteration \d+\): "
+                        rf"run the same command with --resume auto to continue", errors[0]), errors[0]
+    assert ended_in < 30

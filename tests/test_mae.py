@@ -163,7 +163,7 @@ def test_visualize_tool_on_an_official_full_layout_file(tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "mae_full.pth")  # the released `_full` layout
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
     main([str(tmp_path / "mae_full.pth"), str(tmp_path / "red.png"), str(tmp_path / "red.png"),
-          "--out", str(tmp_path / "recon.png"), "--num-heads", "4", "--decoder-num-heads", "4"])
+          "--output", str(tmp_path / "recon.png"), "--num-heads", "4", "--decoder-num-heads", "4"])
     figure = Image.open(tmp_path / "recon.png").convert("RGB")
     factor, tile = figure_layout(32)
     assert factor == 6 and tile == 192  # 32 px panels enlarged 6x

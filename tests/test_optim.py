@@ -72,6 +72,6 @@ def test_detection_names_follow_vitdet_rule():
     got = _by_name(param_groups(model, 0.1, rate))
     for name, _ in model.named_parameters():
         assert got[name][0] == pytest.approx(vitdet(name), rel=1e-12), name
-    assert got["backbone.net.blocks.0.attn.rel_pos_h"][1] == 0.0  # ViTDet: no decay on rel-pos tables
+    assert got["backbone.net.blocks.0.attn.rel_pos_h"][1] == 0.0  # default rule (detection: vitdet_no_weight_decay)
     assert got["backbone.net.pos_embed"][1] == 0.0
     assert got["backbone.simfp.simfp_2.0.weight"][1] == 0.1

@@ -84,7 +84,7 @@ def test_detection_on_own_coco_json_keeps_names_and_ids(tmp_path):
     assert evaluated and {r["category_id"] for r in evaluated} <= set(ID_ORDER)
 
     records = predict_tool.main(["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pth"),
-                                 str(tmp_path / "photos" / "val"), "--output", str(tmp_path / "pred"),
+                                 str(tmp_path / "photos" / "val"), "--output-dir", str(tmp_path / "pred"),
                                  "--score-thresh", "0"])
     written = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert written == json.loads(json.dumps(records)) and written
@@ -163,7 +163,7 @@ def test_segmentation_on_own_folders_with_suffixes_and_names_file(tmp_path):
 
     photo = next((root / "val" / "photos").glob("*_rgb.jpg"))
     predict_tool.main(["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pth"),
-                       str(photo), "--output", str(tmp_path / "pred")])
+                       str(photo), "--output-dir", str(tmp_path / "pred")])
     written = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert [r["file_name"] for r in written] == [photo.name]
     assert all(c["name"] == SEG_NAMES[c["label"]] for c in written[0]["classes"])
@@ -223,8 +223,8 @@ def _own_lists(tmp: Path) -> Path:
 
 def _cls_args(root: Path, out: Path, *extra):
     return ["--config", ROOT / "configs/cls/demo.yaml", "--output-dir", out, f"data.root={root}", "data.format=csv",
-            "data.train=train.csv", f"data.val={root.parent / 'lists' / 'val.txt'}", "data.train_images=pics",
-            "data.val_images=pics", "data.categories=classes.txt", *CLS_TINY, *extra]
+            "data.train_split=train.csv", f"data.val_split={root.parent / 'lists' / 'val.txt'}",
+            "data.train_images=pics", "data.val_images=pics", "data.categories=classes.txt", *CLS_TINY, *extra]
 
 
 def test_classification_from_a_csv_list(tmp_path):
@@ -239,7 +239,7 @@ def test_classification_from_a_csv_list(tmp_path):
 
     picture = next((root / "pics" / "val").rglob("*.png"))
     records = predict_tool.main(["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pth"),
-                                 str(picture), "--output", str(tmp_path / "pred")])
+                                 str(picture), "--output-dir", str(tmp_path / "pred")])
     assert [r["file_name"] for r in records] == [picture.name]
     assert all(e["name"] == names[e["label"]] for e in records[0]["topk"])
 

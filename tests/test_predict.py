@@ -58,7 +58,7 @@ def det_run(tmp_path_factory):
 def test_detections_equal_the_evaluators_and_carry_the_class_names(det_run, tmp_path):
     data, run = det_run
     records = _predict("--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth", data / "val2017",
-                       "--output", tmp_path / "out", "--score-thresh", "0")
+                       "--output-dir", tmp_path / "out", "--score-thresh", "0")
     written = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert written == json.loads(json.dumps(records))
     evaluated = json.loads((run / "coco_instances_results.json").read_text())
@@ -121,7 +121,7 @@ def test_unreadable_images_are_one_line_each_and_the_others_are_predicted(det_ru
     (photos / "cut.png").write_bytes(good[: len(good) // 2])  # truncated
     (photos / "notes.txt").write_text("not an image")
     code, out, err = _fails(capsys, "--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth", photos,
-                            "--output", tmp_path / "out")
+                            "--output-dir", tmp_path / "out")
     lines = err.strip().splitlines()
     assert code == 1 and lines[-1] == (f"error: 1 of the 3 images could not be read (each is named above); the other 2 "
                                        f"were predicted into {tmp_path / 'out'}")
@@ -138,7 +138,7 @@ def test_bad_inputs_end_with_one_line_and_leave_earlier_files_untouched(det_run,
     data, run = det_run
     common = ["--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth"]
     out = tmp_path / "out"
-    _predict(*common, data / "val2017" / "000000000001.png", "--output", out)
+    _predict(*common, data / "val2017" / "000000000001.png", "--output-dir", out)
     before = _snapshot(out)
     assert set(before) == {Path("000000000001.png"), Path("predictions.json")}
 
@@ -154,27 +154,27 @@ def test_bad_inputs_end_with_one_line_and_leave_earlier_files_untouched(det_run,
                                 if not line.startswith("task:")))
     fresh = tmp_path / "fresh"  # runs that fail before predicting create nothing there
     cases = [
-        ([*common, tmp_path / "empty", "--output", fresh], 1, f"error: {tmp_path / 'empty'}: no image files"),
-        ([*common, tmp_path / "missing.jpg", "--output", fresh], 1,
+        ([*common, tmp_path / "empty", "--output-dir", fresh], 1, f"error: {tmp_path / 'empty'}: no image files"),
+        ([*common, tmp_path / "missing.jpg", "--output-dir", fresh], 1,
          f"error: {tmp_path / 'missing.jpg'}: no such file"),
-        ([*common, image, "--output", fresh, "--class-names", names], 1,
+        ([*common, image, "--output-dir", fresh, "--class-names", names], 1,
          f"error: {names}: 2 class names, but the model in {run / 'checkpoint.pth'} predicts 6 classes"),
-        (["--config", run / "config.yaml", "--checkpoint", encoder, image, "--output", fresh], 1,
+        (["--config", run / "config.yaml", "--checkpoint", encoder, image, "--output-dir", fresh], 1,
          f"error: {encoder}: not a Mask R-CNN checkpoint"),
-        (["--config", "configs/det/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output", fresh], 1,
+        (["--config", "configs/det/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output-dir", fresh], 1,
          f"error: {run / 'checkpoint.pth'}:"),  # a detector of another size
-        (["--config", "configs/seg/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output", fresh], 1,
+        (["--config", "configs/seg/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output-dir", fresh], 1,
          f"error: {run / 'checkpoint.pth'}: a detection model, but the config is a segmentation recipe"),
-        (["--config", "configs/pretrain/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output",
+        (["--config", "configs/pretrain/demo.yaml", "--checkpoint", run / "checkpoint.pth", image, "--output-dir",
           fresh], 2, "error: configs/pretrain/demo.yaml: a pretraining recipe; only a detection, segmentation or "
                      "classification model predicts"),
-        (["--config", untasked, "--checkpoint", run / "checkpoint.pth", image, "--output", fresh], 2,
+        (["--config", untasked, "--checkpoint", run / "checkpoint.pth", image, "--output-dir", fresh], 2,
          f"error: {untasked}: the config names no task (a top-level 'task:' key"),
-        ([*common, image, "--output", fresh, "--topk", "3"], 2, "error: --topk applies to classification recipes"),
-        ([*common, data / "val2017" / "000000000001.png", "--output", out], 2,
+        ([*common, image, "--output-dir", fresh, "--topk", "3"], 2, "error: --topk applies to classification recipes"),
+        ([*common, data / "val2017" / "000000000001.png", "--output-dir", out], 2,
          f"error: {out} holds 2 of the files this run writes, e.g. 000000000001.png: pass --overwrite"),
-        ([*common, data / "val2017", "--output", data / "val2017", "--overwrite"], 2,
-         f"error: {data / 'val2017' / '000000000001.png'} is an input image: choose another --output"),
+        ([*common, data / "val2017", "--output-dir", data / "val2017", "--overwrite"], 2,
+         f"error: {data / 'val2017' / '000000000001.png'} is an input image: choose another --output-dir"),
     ]
     for argv, expected_code, start in cases:
         code, _, err = _fails(capsys, *argv)
@@ -182,7 +182,7 @@ def test_bad_inputs_end_with_one_line_and_leave_earlier_files_untouched(det_run,
         assert _snapshot(out) == before and not fresh.exists()
     assert not (data / "val2017" / "predictions.json").exists()
 
-    _predict(*common, image, "--output", out, "--overwrite")  # asked for: the new image's picture is added
+    _predict(*common, image, "--output-dir", out, "--overwrite")  # asked for: the new image's picture is added
     assert (out / "000000000002.png").is_file()
 
 
@@ -213,7 +213,7 @@ def test_label_maps_reproduce_the_evaluations_miou(seg_run, tmp_path):
     data, run = seg_run
     out = tmp_path / "out"
     _predict("--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth", data / "images" / "validation",
-             "--output", out)
+             "--output-dir", out)
     stems = sorted(p.stem for p in (data / "images" / "validation").glob("*.jpg"))
     predictions = [np.asarray(Image.open(out / "labels" / f"{s}.png")) for s in stems]
     assert all(p.dtype == np.uint8 and p.shape == (64, 64) for p in predictions)
@@ -241,13 +241,13 @@ def test_config_overrides_after_the_options_change_the_inference_as_they_change_
                               str(run / "checkpoint.pth"), "--output-dir", str(tmp_path / "eval"), "eval.flip=true"])
     out = tmp_path / "out"
     _predict("--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth", data / "images" / "validation",
-             "eval.flip=true", "--output", out)
+             "eval.flip=true", "--output-dir", out)
     stems = sorted(p.stem for p in (data / "images" / "validation").glob("*.jpg"))
     predictions = [np.asarray(Image.open(out / "labels" / f"{s}.png")) for s in stems]
     labels = [np.asarray(Image.open(data / "annotations" / "validation" / f"{s}.png")) for s in stems]
     assert _miou(predictions, labels, 6) == flipped["mIoU"]
     code, _, err = _fails(capsys, "--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth",
-                          data / "images" / "validation", "eval.flipp=true", "--output", tmp_path / "bad")
+                          data / "images" / "validation", "eval.flipp=true", "--output-dir", tmp_path / "bad")
     assert code == 2 and err.strip() == "error: command line: unknown config key 'eval.flipp' (did you mean eval.flip?)"
     assert not (tmp_path / "bad").exists()
 
@@ -276,7 +276,7 @@ def test_top1_labels_reproduce_the_evaluations_accuracy(cls_run, tmp_path):
     data, run = cls_run
     out = tmp_path / "out"
     _predict("--config", run / "config.yaml", "--checkpoint", run / "checkpoint.pth", data / "images" / "val",
-             "--output", out, "--topk", "3")
+             "--output-dir", out, "--topk", "3")
     val = json.loads((data / "val.json").read_text())
     truth = {Path(img["file_name"]).relative_to("images/val").as_posix(): ann["category_id"]
              for img, ann in zip(val["images"], val["annotations"])}
@@ -304,7 +304,7 @@ def test_topk_equals_a_timm_vit_loaded_from_the_same_official_file(tmp_path):
     torch.save({"model": reference.state_dict()}, tmp_path / "finetuned.pth")
     cfg = load_config("configs/cls/imagenet_vit_base.yaml", ["model.arch=vit_micro", "model.patch_size=8",
                                                             "model.embed_dim=32", "model.depth=2",
-                                                            "model.num_heads=2", "data.input_size=32"])
+                                                            "model.num_heads=2", "model.img_size=32"])
     predictor = Predictor.from_config(cfg, str(tmp_path / "finetuned.pth"), device="cpu")
     scene, _ = next(render_scenes(1, 48, seed=3))
     photo = Image.fromarray(scene[:, :40])  # not square: resized and centre-cropped
@@ -346,7 +346,7 @@ def test_a_vitdet_file_predicts_what_detectron2s_default_predictor_does(tmp_path
 
     cfg = load_config("configs/det/demo.yaml")
     torch.manual_seed(0)
-    ours = build_mask_rcnn(cfg.model, 80).eval()
+    ours = build_mask_rcnn(cfg, 80).eval()
     confident_heads(ours, 0)
     weights = tmp_path / "vitdet.pth"
     torch.save(to_detectron2_detector(ours.state_dict(), "ours"), weights)
@@ -362,7 +362,7 @@ def test_a_vitdet_file_predicts_what_detectron2s_default_predictor_does(tmp_path
     theirs = {"boxes": instances.pred_boxes.tensor, "scores": instances.scores, "labels": instances.pred_classes,
               "masks": instances.pred_masks}
 
-    records = _predict("--config", "configs/det/demo.yaml", "--checkpoint", weights, photo, "--output",
+    records = _predict("--config", "configs/det/demo.yaml", "--checkpoint", weights, photo, "--output-dir",
                        tmp_path / "out", "--score-thresh", "0")
     label_of = {cat_id: i for i, (cat_id, _) in enumerate(COCO_CATEGORIES)}
     from maetransfer.det.visualize import results_to_instances
@@ -376,7 +376,7 @@ def test_a_vitdet_file_predicts_what_detectron2s_default_predictor_does(tmp_path
 
 def test_segmentation_equals_mmsegs_inference_model(tmp_path, mmseg):
     """mmseg's inference_model with its MAE UperNet config, loaded from the mmseg-layout file of a random ViT-B
-    UperNet of ours, on a photo: the same label map (up to pixels where OpenCV's resize rounds differently)."""
+    UperNet of ours, on a photo: the same label map on every pixel but near-ties (top two scores within 1e-5)."""
     cbook = pytest.importorskip("matplotlib.cbook")
     from mmseg.apis import inference_model, init_model
     from mmseg.datasets import ADE20KDataset
@@ -402,13 +402,14 @@ def test_segmentation_equals_mmsegs_inference_model(tmp_path, mmseg):
                                               "PALETTE": ADE20KDataset.METAINFO["palette"]}}, tmp_path / "mmseg.pth")
     photo = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
-    theirs = inference_model(init_model(str(mm_config), str(tmp_path / "mmseg.pth"), device="cpu"), photo)
-    theirs = theirs.pred_sem_seg.data[0].cpu()
+    result = inference_model(init_model(str(mm_config), str(tmp_path / "mmseg.pth"), device="cpu"), photo)
+    theirs, top2 = result.pred_sem_seg.data[0].cpu(), result.seg_logits.data.topk(2, dim=0).values.cpu()
     mine = Predictor.from_config(cfg, str(tmp_path / "mmseg.pth"), device="cpu")(photo)["label_map"]
     assert mine.shape == theirs.shape
-    agree = (mine == theirs).float().mean().item()
-    print(f"mmseg inference_model vs Predictor: {agree:.4%} of {mine.numel()} pixels agree")
-    assert agree >= 0.995, agree
+    near_tie = (top2[0] - top2[1]) <= 1e-5 * top2[0].abs()
+    print(f"mmseg inference_model vs Predictor: {int((mine != theirs).sum())} of {mine.numel()} pixels differ, "
+          f"{int(near_tie.sum())} near-ties")
+    assert not ((mine != theirs) & ~near_tie).any()
 
 
 def test_a_run_into_an_earlier_runs_folder_from_the_command_line_is_one_line(det_run, tmp_path):
@@ -420,12 +421,12 @@ def test_a_run_into_an_earlier_runs_folder_from_the_command_line_is_one_line(det
     data, run = det_run
     out = tmp_path / "out"
     common = ["--config", str(run / "config.yaml"), "--checkpoint", str(run / "checkpoint.pth")]
-    _predict(*common, data / "val2017" / "000000000001.png", "--output", out)
+    _predict(*common, data / "val2017" / "000000000001.png", "--output-dir", out)
     before = _snapshot(out)
     result = subprocess.run([sys.executable, "tools/predict.py", *common, str(data / "val2017" / "000000000002.png"),
-                             "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: {out} holds 1 of the files this run writes, e.g. predictions.json: pass --overwrite to replace "
-        "them, or choose another --output"]
+        "them, or choose another --output-dir"]
     assert _snapshot(out) == before

@@ -37,7 +37,7 @@ SEG = [*MODEL, "model.img_size=64", "model.channels=16", "model.aux_channels=8",
        "data.scale=[256,64]", "data.crop_size=[64,64]", "eval.crop_size=[64,64]", "eval.stride=[43,43]",
        "eval.num_vis=2", "train.max_iters=2", "train.batch_size=2", "train.warmup_iters=1", "train.num_workers=0",
        "train.log_period=1"]
-CLS = [*MODEL, "data.input_size=32", "data.demo=false", "train.epochs=2", "train.batch_size=8",
+CLS = [*MODEL, "model.img_size=32", "data.demo=false", "train.epochs=2", "train.batch_size=8",
        "train.warmup_epochs=0", "eval.batch_size=8", "train.num_workers=0", "train.log_period=1", "train.eval_period=1"]
 SUITE = {"description": "Tiny jobs of the three tools.",
          "data_roots": {"coco": "tiny COCO", "ade20k": "tiny ADE20K", "cls": "tiny iNat", "broken": "bad val.json"},
@@ -73,7 +73,7 @@ class Run:
         self.data = [f"data.coco={tmp / 'coco'}", f"data.ade20k={tmp / 'ADE'}", f"data.cls={tmp / 'cls'}",
                      f"data.broken={tmp / 'broken'}"]
         self.args = ["--suite", str(self.suite), "--encoder", f"mae={self.encoder}", "--encoder", "random=",
-                     "--output", str(self.out), *self.data]
+                     "--output-dir", str(self.out), *self.data]
 
     def command(self, *extra):
         return [sys.executable, str(ROOT / "tools" / "transfer_report.py"), *self.args, *extra]
@@ -181,16 +181,16 @@ def test_bad_input_is_one_line_and_leaves_the_report_as_it_was(run, case, capsys
     OmegaConf.save(OmegaConf.create({"jobs": [{"name": "typo", "tool": "train_cls", "config": "configs/cls/demo.yaml",
                                                "overrides": ["train.nope=1"]}]}), typo)
     args, expected = {
-        "suite": (["--suite", "nope", "--output", str(run.out)],
+        "suite": (["--suite", "nope", "--output-dir", str(run.out)],
                   "error: unknown suite 'nope': choose one of demo, paper_vit_base, paper_vit_huge, paper_vit_large "
                   "or give a suite's YAML file"),
         "data": ([*run.args, f"data.coco={run.tmp / 'missing'}"], f"error: data.coco={run.tmp / 'missing'}: no such "
                                                                   "folder"),
         "encoder": ([*run.args, "--encoder", f"bad={garbage}"], f"error: --encoder bad={garbage}: {garbage}: "),
         "labels": ([*run.args, "--encoder", "mae=demo"], "error: --encoder label(s) mae given twice"),
-        "other command": (["--suite", str(run.suite), "--encoder", "mae=", "--output", str(run.out), *run.data],
+        "other command": (["--suite", str(run.suite), "--encoder", "mae=", "--output-dir", str(run.out), *run.data],
                           f"error: {run.job('mae', 'det')} holds a run of another command"),
-        "override": (["--suite", str(typo), "--encoder", "random=", "--output", str(run.out)],
+        "override": (["--suite", str(typo), "--encoder", "random=", "--output-dir", str(run.out)],
                      "error: random/typo: command line: unknown config key 'train.nope'"),
     }[case]
     with pytest.raises(SystemExit) as exit_info:
@@ -229,7 +229,7 @@ def test_paper_suites_list_every_published_row_with_its_command(size, tmp_path):
     published = {key for key in load_references() if f"_vit_{size}" in key}
     suite = load_suite(f"paper_vit_{size}")
     assert {job.reference.key for job in suite.jobs if job.reference} == published
-    report_tool.main(["--suite", f"paper_vit_{size}", "--output", str(tmp_path)])
+    report_tool.main(["--suite", f"paper_vit_{size}", "--output-dir", str(tmp_path)])
     markdown = (tmp_path / "report.md").read_text()
     lines, commands = markdown.splitlines(), markdown.replace(" \\\n    ", " ")  # commands are wrapped
     for job in suite.jobs:
@@ -272,7 +272,7 @@ def test_the_slurm_launcher_submits_every_job_at_once_and_reports_them(run, tmp_
                                      "jobs": [job for job in SUITE["jobs"] if job["name"] == "cls"]}), suite)
     out = tmp_path / "report"
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "transfer_report.py"), "--suite", str(suite),
-                             "--encoder", f"mae={run.encoder}", "--encoder", "random=", "--output", str(out),
+                             "--encoder", f"mae={run.encoder}", "--encoder", "random=", "--output-dir", str(out),
                              f"data.cls={run.tmp / 'cls'}", "--launcher", "slurm", "--poll", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -291,7 +291,7 @@ def test_the_slurm_launcher_submits_every_job_at_once_and_reports_them(run, tmp_
 def test_a_bad_suite_from_the_command_line_is_one_line_and_exit_2(run):
     """As a user meets it: a separate process, exit 2, one line, the report folder byte-identical."""
     before = _snapshot(run.out)
-    result = subprocess.run([*run.command()[:2], "--suite", "nope", "--output", str(run.out)], cwd=ROOT,
+    result = subprocess.run([*run.command()[:2], "--suite", "nope", "--output-dir", str(run.out)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: unknown suite 'nope': choose one of demo, ") and \

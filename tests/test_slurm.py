@@ -116,20 +116,23 @@ def read_log(path: Path) -> str:
     return path.read_text(errors="replace")
 
 
-def _sbatch(tmp_path, tool_args, stderr_apart=False):
-    """Submit tools/slurm_job.sbatch with 2 tasks; returns (job id, its log file). With `stderr_apart` the log holds
-    stdout alone (stderr goes to slurm-<id>.err): Slurm merges the two streams in chunks, which can cut a printed
-    line in two, and the caller looks for whole lines."""
+def _sbatch(tmp_path, tool_args, stderr_apart=False, nodes=1):
+    """Submit tools/slurm_job.sbatch with 2 tasks on `nodes` nodes; returns (job id, its log file). With `stderr_apart`
+    the log holds stdout alone (stderr goes to slurm-<id>.err): Slurm merges the two streams in chunks, which can cut
+    a printed line in two, and the caller looks for whole lines."""
     log = tmp_path / "slurm-%j.out"
     apart = ["-e", str(tmp_path / "slurm-%j.err")] if stderr_apart else []
-    job_id = subprocess.run(["sbatch", "--parsable", "-n", "2", "-o", str(log), *apart, "tools/slurm_job.sbatch",
-                             *tool_args], cwd=ROOT, env=ENV, check=True, capture_output=True, text=True).stdout.strip()
+    job_id = subprocess.run(["sbatch", "--parsable", "-N", str(nodes), "-n", "2", "-o", str(log), *apart,
+                             "tools/slurm_job.sbatch", *tool_args], cwd=ROOT, env=ENV, check=True, capture_output=True,
+                            text=True).stdout.strip()
     return job_id, Path(str(log).replace("%j", job_id))
 
 
-def _submit(tool_args):
-    out = subprocess.run([sys.executable, "tools/submit.py", "--tasks-per-node", "2", "--time", "10", *tool_args],
-                         cwd=ROOT, env=ENV, check=True, capture_output=True, text=True).stdout
+def _submit(tool_args, nodes=1):
+    """tools/submit.py with 2 tasks on `nodes` nodes; returns (job id, the log of its first task)."""
+    out = subprocess.run([sys.executable, "tools/submit.py", "--nodes", str(nodes), "--tasks-per-node", str(2 // nodes),
+                          "--time", "10", *tool_args], cwd=ROOT, env=ENV, check=True, capture_output=True,
+                         text=True).stdout
     job_id = re.match(r"submitted job (\d+): ", out).group(1)
     log = re.search(r"follow it with: tail -f (\S+)", out).group(1)
     return job_id, Path(log)
@@ -216,11 +219,12 @@ def test_submit_dry_run_shows_the_job_and_writes_nothing(tmp_path):
 
 REQUEUES = {
     # tools/slurm_job.sbatch: the time-limit warning of its --signal (USR1) sent early; the run requeues the job
-    "time-limit warning": (lambda tmp_path, args: _sbatch(tmp_path, args), ["scancel", "--signal=USR1"],
+    "time-limit warning": (lambda tmp_path, args, nodes: _sbatch(tmp_path, args, nodes=nodes),
+                           ["scancel", "--signal=USR1"],
                            r"stopped by SIGUSR1 at iteration (\d+) of 40; checkpoint \S+ written; requeueing Slurm job "
                            r"{job}, which resumes from there"),
     # tools/submit.py: `scontrol requeue`, as a preemption: SIGTERM to every process of the job, Slurm requeues it
-    "scontrol requeue": (lambda tmp_path, args: _submit(args), ["scontrol", "requeue"],
+    "scontrol requeue": (lambda tmp_path, args, nodes: _submit(args, nodes), ["scontrol", "requeue"],
                          r"stopped by SIGTERM at iteration (\d+) of 40; checkpoint \S+ written; a requeued or "
                          r"preempted job resumes from there"),
 }
@@ -231,9 +235,17 @@ REQUEUES = {
 def test_a_job_requeued_mid_run_ends_as_an_uninterrupted_run(interruption, image_dir, pretrain_references, tmp_path):
     """Stopped mid-run with two loader workers per task: the job is requeued once, resumes at the iteration where it
     stopped, writes each log record once and ends with the uninterrupted run's weights."""
+    requeue_mid_run(interruption, image_dir, pretrain_references["long"], tmp_path)
+
+
+def requeue_mid_run(interruption, image_dir, reference, tmp_path, nodes=1):
+    """The long pretraining as a job of 2 tasks on `nodes` nodes, stopped after 3 records as REQUEUES[interruption]
+    says: asserts that it is requeued once, resumes where it stopped, writes each record once and ends with the
+    weights of `reference`."""
     submit, interrupt, stop_line = REQUEUES[interruption]
     run = tmp_path / "run"
-    job_id, log = submit(tmp_path, ["tools/pretrain_mae.py", f"data.root={image_dir}", *LONG, "--output-dir", str(run)])
+    job_id, log = submit(tmp_path, ["tools/pretrain_mae.py", f"data.root={image_dir}", *LONG, "--output-dir", str(run)],
+                         nodes)
     _wait_for_records(run, 3, job_id)
     subprocess.run([*interrupt, job_id], check=True)
     job = _wait_for_job(job_id, restarts=1)
@@ -243,7 +255,7 @@ def test_a_job_requeued_mid_run_ends_as_an_uninterrupted_run(interruption, image
     assert stop, text
     checkpoint = re.escape(str(run / "checkpoint.pth"))
     assert re.search(rf"resumed from {checkpoint} at epoch \d+, iteration {stop[1]}\n", text)
-    _assert_same_weights(run, pretrain_references["long"])
+    _assert_same_weights(run, reference)
     assert _records(run) == list(range(1, 41))
 
 

@@ -128,7 +128,9 @@ def test_a_name_downloads_once_is_checked_and_reads_as_the_file(server, cache, m
     for key, value in state.items():
         assert torch.equal(ckpt.encoder[key], value), key
     assert (cache / "tiny_encoder.pth").read_bytes() == body
-    assert sorted(p.name for p in cache.iterdir()) == ["tiny_encoder.pth", "tiny_encoder.pth.lock"]  # no .partial
+    # no .partial; the stamp says the file was checked
+    assert sorted(p.name for p in cache.iterdir()) == ["tiny_encoder.pth", "tiny_encoder.pth.checked",
+                                                       "tiny_encoder.pth.lock"]
     assert server.requests == [("/releases/tiny_encoder.pth", None)]
     read_checkpoint(zoo.resolve("tiny_encoder"))
     assert len(server.requests) == 1  # from the cache, no request
@@ -231,6 +233,56 @@ def test_a_file_of_another_architecture_or_content_is_refused(server, cache, mon
     assert not (cache / "tiny_encoder.pth").exists() and not (cache / "tiny_encoder.pth.partial").exists()
 
 
+@pytest.mark.parametrize("content", ["one tensor", "demo-size encoder"])
+def test_a_file_placed_by_hand_under_a_released_name_is_refused_in_one_line(cache, tmp_path, content):
+    """The real entry mae_pretrain_vit_base (published md5 prefix 8cad7c): a file copied into the cache under its name
+    is checked at first use as a download is; the tool ends with one line saying what to do, and the file is kept."""
+    state = {"w": torch.zeros(3)} if content == "one tensor" else build_vit("vit_micro").state_dict()
+    body = _saved({"model": state})
+    cache.mkdir(parents=True)
+    (cache / "mae_pretrain_vit_base.pth").write_bytes(body)
+    with pytest.raises(SystemExit) as exit_info:
+        _tool("convert_checkpoint").main(["mae_pretrain_vit_base", "--output", str(tmp_path / "out.pth"), "--to",
+                                          "timm"])
+    assert exit_info.value.code == (f"error: mae_pretrain_vit_base: {cache / 'mae_pretrain_vit_base.pth'} in the "
+                                    f"checkpoint cache has md5 {hashlib.md5(body).hexdigest()}, not the published "
+                                    f"8cad7c...: a corrupt download or a changed file; delete it to download the "
+                                    f"release anew, or pass the file by its path to use it as it is")
+    assert (cache / "mae_pretrain_vit_base.pth").read_bytes() == body and not (tmp_path / "out.pth").exists()
+
+
+def test_a_file_placed_by_hand_is_checked_for_structure_where_no_digest_is_published(cache, monkeypatch, encoder):
+    release = zoo.Release("tiny_encoder", "test file", "mae", "vit_small", "encoder", "python tools/...",
+                          url="http://127.0.0.1:9/releases/tiny_encoder.pth")
+    monkeypatch.setitem(zoo.RELEASES, release.name, release)
+    cache.mkdir(parents=True)
+    (cache / "tiny_encoder.pth").write_bytes(encoder[1])
+    with pytest.raises(CheckpointError) as error:
+        zoo.resolve("tiny_encoder")
+    assert str(error.value) == (f"tiny_encoder: {cache / 'tiny_encoder.pth'} in the checkpoint cache is a ViT with "
+                                f"embed 64/depth 4/patch 16, not vit_small (embed 384/depth 12/patch 16); delete it to "
+                                f"download the release anew, or pass the file by its path to use it as it is")
+
+
+def test_a_right_file_placed_by_hand_is_checked_once_and_again_when_changed(cache, monkeypatch, encoder):
+    body = encoder[1]
+    release = zoo.Release("tiny_encoder", "test file", "mae", "vit_micro", "encoder", "python tools/...",
+                          url="http://127.0.0.1:9/releases/tiny_encoder.pth",
+                          checksum="md5:" + hashlib.md5(body).hexdigest()[:6])
+    monkeypatch.setitem(zoo.RELEASES, release.name, release)
+    cache.mkdir(parents=True)
+    (cache / "tiny_encoder.pth").write_bytes(body)
+    checks = []
+    real_problem = zoo._problem
+    monkeypatch.setattr(zoo, "_problem", lambda *args: checks.append(args[1]) or real_problem(*args))
+    assert zoo.resolve("tiny_encoder") == zoo.resolve("tiny_encoder") == cache / "tiny_encoder.pth"
+    assert len(checks) == 1  # no network asked (the URL is closed), and the digest computed once
+    (cache / "tiny_encoder.pth").write_bytes(body[:-10] + b"0123456789")  # changed in place after the check
+    with pytest.raises(CheckpointError, match="in the checkpoint cache (has md5|is not a readable)"):
+        zoo.resolve("tiny_encoder")
+    assert len(checks) == 2
+
+
 def test_a_truncated_file_without_length_is_refused_as_unreadable(server, cache, monkeypatch, encoder):
     release = _register(monkeypatch, server, "tiny_encoder", encoder[1][:5000], checksum="")
     with pytest.raises(CheckpointError, match=re.escape(f"tiny_encoder: the file downloaded from {release.url} is not "
@@ -244,7 +296,7 @@ def _detector_file() -> bytes:
         "model.arch=vit_micro", "model.patch_size=8", "model.img_size=64", "model.pretrain_img_size=32",
         "model.window_size=4", "model.global_blocks=[1,3]", "model.out_channels=32", "model.head_dim=32",
         "model.box_fc_dim=64", "model.anchor_sizes=[8,16,32,64]"])
-    return _saved({"model": build_mask_rcnn(cfg.model, 3).state_dict(), "__author__": "test"})
+    return _saved({"model": build_mask_rcnn(cfg, 3).state_dict(), "__author__": "test"})
 
 
 def _segmentor_file() -> bytes:
@@ -322,7 +374,8 @@ def test_converting_a_released_name_with_a_corrupt_download(server, cache, monke
                                   url=f"{server.url}/mae/finetune/mae_finetuned_vit_base.pth")
     monkeypatch.setitem(zoo.RELEASES, release.name, release)
     with pytest.raises(SystemExit) as exit_info:
-        _tool("convert_checkpoint").main(["mae_finetuned_vit_base", str(tmp_path / "out.pth"), "--to", "timm"])
+        _tool("convert_checkpoint").main(["mae_finetuned_vit_base", "--output", str(tmp_path / "out.pth"), "--to",
+                                          "timm"])
     assert exit_info.value.code == (f"error: mae_finetuned_vit_base: the file downloaded from {release.url} has md5 "
                                     f"{hashlib.md5(body).hexdigest()}, not the published 1b25e9...: a corrupt "
                                     f"download or a changed file; it was deleted, run again to download it anew")
@@ -339,8 +392,9 @@ def test_eval_only_by_name_evaluates_the_downloaded_classifier(server, monkeypat
 
     def evaluate(checkpoint, out):
         return tool.main(["--config", str(ROOT / "configs/cls/demo.yaml"), "--eval-only", "--checkpoint", checkpoint,
-                          f"data.root={tmp_path / 'data'}", "data.demo=false", "data.input_size=32", "model.arch=vit_micro",
-                          "eval.batch_size=4", "train.num_workers=0", "--output-dir", str(tmp_path / out)])
+                          f"data.root={tmp_path / 'data'}", "data.demo=false", "model.img_size=32",
+                          "model.arch=vit_micro", "eval.batch_size=4", "train.num_workers=0", "--output-dir",
+                          str(tmp_path / out)])
 
     by_name = evaluate("tiny_finetuned", "by_name")
     assert by_name == evaluate(str(tmp_path / "local.pth"), "by_path") and by_name["num_images"] == 12
@@ -371,7 +425,7 @@ def test_a_hub_id_is_read_from_huggingface_hub_s_cache(offline_hub, tmp_path):
                                  decoder_depth=1, decoder_num_heads=4)
     ckpt = parse_state({"model": model.state_dict()})
     _hub_cache(offline_hub, "facebook/vit-mae-base", lambda folder: save_hf(ckpt, folder, 4, 4))
-    _tool("convert_checkpoint").main(["facebook/vit-mae-base", str(tmp_path / "mae.pth"), "--to", "mae"])
+    _tool("convert_checkpoint").main(["facebook/vit-mae-base", "--output", str(tmp_path / "mae.pth"), "--to", "mae"])
     converted = torch.load(tmp_path / "mae.pth", weights_only=True)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(converted[key], value), key
@@ -379,7 +433,8 @@ def test_a_hub_id_is_read_from_huggingface_hub_s_cache(offline_hub, tmp_path):
 
 def test_a_hub_id_missing_offline_says_what_to_fetch(offline_hub, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _tool("visualize_mae").main(["someone/missing-mae", str(tmp_path / "a.png")])
+        _tool("visualize_mae").main(["someone/missing-mae", str(tmp_path / "a.png"), "--output",
+                                      str(tmp_path / "recon.png")])
     assert exit_info.value.code == 1  # bad input, as in every tool
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: someone/missing-mae: not a local file or folder")
@@ -418,7 +473,7 @@ def test_a_run_from_a_released_name_keeps_the_name_in_its_config(server, cache, 
     _register(monkeypatch, server, "tiny_encoder", encoder[1])
     write_demo_data(tmp_path / "data", n_train=4, n_val=2, size=32, seed=2)
     _tool("train_cls").main(["--config", str(ROOT / "configs/cls/demo.yaml"), "train.init_checkpoint=tiny_encoder",
-                             f"data.root={tmp_path / 'data'}", "data.demo=false", "data.input_size=32",
+                             f"data.root={tmp_path / 'data'}", "data.demo=false", "model.img_size=32",
                              "model.arch=vit_micro", "train.max_iters=1", "train.batch_size=2", "train.num_workers=0",
                              "eval.batch_size=2", "--output-dir", str(tmp_path / "run")])
     assert server.requests == [("/releases/tiny_encoder.pth", None)]

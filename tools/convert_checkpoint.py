@@ -1,7 +1,8 @@
 """Convert a ViT/MAE checkpoint between formats: official MAE, Hugging Face ViTMAE, timm, detectron2-ViTDet, mmseg.
 
-    python tools/convert_checkpoint.py mae_pretrain_vit_base.pth out/vit-mae-base --to hf
-    python tools/convert_checkpoint.py output/det/mask_rcnn_vit_base/checkpoint.pth vitdet_b.pth --to detectron2
+    python tools/convert_checkpoint.py mae_pretrain_vit_base.pth --to hf --output out/vit-mae-base
+    python tools/convert_checkpoint.py output/det/mask_rcnn_vit_base/checkpoint.pth --to detectron2 \
+        --output vitdet_b.pth
 
 The source format is detected from its keys (any file `maetransfer.checkpoint.read_checkpoint` reads). A whole Mask
 R-CNN (this project's train_det.py checkpoint, or a detectron2 ViTDet .pth/.pkl) is written whole by
@@ -11,7 +12,7 @@ key matching); the other formats take its encoder.
 import argparse
 import sys
 
-from maetransfer.cli import OutputPathError, check_writable_file, check_writable_folder
+from maetransfer.cli import OutputPathError, check_new_output
 
 WRITE_FORMATS = ("mae", "hf", "timm", "detectron2", "mmseg")  # = maetransfer.checkpoint.WRITE_FORMATS (test_layout)
 
@@ -27,9 +28,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="checkpoint file, Hugging Face save_pretrained folder, released name (python -m "
                                     "maetransfer.zoo) or hub id")
-    parser.add_argument("dst", help="output file (a folder for --to hf)")
     parser.add_argument("--to", required=True, type=output_format, choices=WRITE_FORMATS,
                         help="output format (ONNX and TorchScript: tools/export.py)")
+    parser.add_argument("--output", required=True, help="the file to write (a folder for --to hf)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("--unsafe-load", action="store_true",
                         help="allow arbitrary pickled objects in SRC (runs code from the file: trusted files only)")
     parser.add_argument("--model", help="expected ViT size (vit_base, vit_large, vit_huge, ...): checked against the "
@@ -38,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (for --to hf)")
     args = parser.parse_args(argv)
     try:  # before the (possibly large) source is read
-        (check_writable_folder if args.to == "hf" else check_writable_file)(args.dst, "dst")
+        check_new_output(args.output, "--output", args.overwrite, folder=args.to == "hf")
     except OutputPathError as exc:
         parser.exit(2, f"error: {exc}\n")
     # imported once the command line is parsed: --help needs no torch
@@ -51,9 +53,9 @@ def main(argv=None):
         obj, hf_config = read_raw(resolve(args.src, args.unsafe_load), unsafe=args.unsafe_load)
         state, _ = unwrap_state(obj, args.src)
         if is_detector(state) and args.to == "detectron2":
-            save_detectron2_detector(state, args.dst, args.src)
-            print(f"wrote {args.dst} (detectron2 ViTDet Mask R-CNN, {len(state)} tensors: backbone, pyramid, RPN, box "
-                  f"and mask heads)")
+            save_detectron2_detector(state, args.output, args.src)
+            print(f"wrote {args.output} (detectron2 ViTDet Mask R-CNN, {len(state)} tensors: backbone, pyramid, RPN, "
+                  f"box and mask heads)")
             return
         ckpt = parse_state(obj, args.src, hf_config)
         arch = encoder_arch(ckpt.encoder, args.src)
@@ -64,7 +66,7 @@ def main(argv=None):
                 raise CheckpointError(f"{args.src} is a ViT with embed {arch['embed_dim']}/depth {arch['depth']}, "
                                       f"not {args.model} (embed {size['embed_dim']}/depth {size['depth']})")
             num_heads = num_heads or size["num_heads"]
-        convert_checkpoint(ckpt, args.dst, args.to, num_heads=num_heads, decoder_num_heads=args.decoder_num_heads)
+        convert_checkpoint(ckpt, args.output, args.to, num_heads=num_heads, decoder_num_heads=args.decoder_num_heads)
     except (CheckpointError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     kept = {"mae": ("encoder", "decoder", "head"), "timm": ("encoder", "head"), "hf": ("encoder", "decoder"),
@@ -77,7 +79,7 @@ def main(argv=None):
         dropped.append("cls_token and final norm (ViTDet has neither)")
     if ckpt.other:
         dropped.append(f"{len(ckpt.other)} other tensors of the source model")
-    print(f"wrote {args.dst} ({args.to})" + (f"; not written: {', '.join(dropped)}" if dropped else ""))
+    print(f"wrote {args.output} ({args.to})" + (f"; not written: {', '.join(dropped)}" if dropped else ""))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="demo", help="a name in configs/report (default: demo) or a suite's YAML file")
     p.add_argument("--encoder", action="append", default=[], metavar="[LABEL=]SPEC",
                    help="an encoder to compare (repeatable; default: the suite's encoders)")
-    p.add_argument("--output", help="the report folder (default: output/report/<suite>)")
+    p.add_argument("--output-dir", help="the report folder (default: output/report/<suite>)")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local: one job after another here; slurm: every job submitted at once (submitit)")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",

@@ -25,7 +25,7 @@ def build_classifier(model_cfg, num_classes: int, img_size: int) -> VisionTransf
         raise ConfigError(f"model.global_pool '{model_cfg.global_pool}' must be 'avg' or 'token'")
     arch = {k: model_cfg[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if model_cfg[k] is not None}
     model = build_vit(model_cfg.arch, img_size=img_size, num_classes=num_classes,
-                      global_pool=model_cfg.global_pool, drop_path_rate=float(model_cfg.drop_path),
+                      global_pool=model_cfg.global_pool, drop_path_rate=float(model_cfg.drop_path_rate),
                       grad_checkpointing=bool(model_cfg.grad_checkpointing), **arch)
     if mode == "linear":
         trunc_normal_(model.head.weight, std=0.01)

@@ -1,5 +1,4 @@
 """Classification transfer run: datasets + classifier + loss on the shared engine, then top-k / per-class eval."""
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -9,7 +8,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..checkpoint import CheckpointError, compare_state, load_encoder_state, load_into, read_checkpoint
-from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data
+from ..data.cls import DatasetError, build_dataset, build_transform, ensure_demo_data, split_index
 from ..data.images import ROOT_HINT, MissingFileError
 from ..engine import Task, run_task
 from ..optim import param_groups
@@ -92,14 +91,15 @@ class ClassificationTask(Task):
         if not d.demo:
             what = {"imagefolder": "image folder", "inat": "annotation file"}.get(str(d.format), "list file")
             for split in ("val",) if eval_only else ("val", "train"):  # in the order the run reads them
-                index = Path(d.root) / str(d[split])
+                index = split_index(d, split)
                 if not index.exists():
                     raise MissingFileError(f"{index}: {what} not found ({ROOT_HINT})")
 
     def prepare_data(self) -> None:
         d = self.cfg.data
         if d.demo:
-            ensure_demo_data(d.root, n_train=int(d.demo_train), n_val=int(d.demo_val), size=int(d.input_size))
+            ensure_demo_data(d.root, n_train=int(d.demo_train), n_val=int(d.demo_val),
+                             size=int(self.cfg.model.img_size))
 
     def build(self, eval_only: bool) -> nn.Module:
         cfg = self.cfg
@@ -112,7 +112,7 @@ class ClassificationTask(Task):
                     (cfg.data.format != "places" and self.train_set.classes != self.val_set.classes)):
                 raise DatasetError(f"{self.train_set.index_file} and {self.val_set.index_file} define different "
                                    f"classes ({self.train_set.num_classes} vs {self.val_set.num_classes})")
-        return build_classifier(cfg.model, self.val_set.num_classes, int(cfg.data.input_size))
+        return build_classifier(cfg.model, self.val_set.num_classes, int(cfg.model.img_size))
 
     load_trained = staticmethod(load_classifier)
     load_pretrained = staticmethod(load_pretrained)

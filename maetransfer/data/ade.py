@@ -1,4 +1,4 @@
-"""ADE20K (SceneParsing ADEChallengeData2016) reading and the mmseg training / test pipelines, in torch.
+"""ADE20K (SceneParsing ADEChallengeData2016) reading and the mmseg training / test pipelines.
 
 Layout: `<root>/images/{training,validation}/*.jpg` and `<root>/annotations/{training,validation}/*.png` (8-bit label
 maps, 0 = "other", 1..150 = classes). `reduce_zero_label` maps 0 -> 255 (ignored) and k -> k-1. Other data sets: any
@@ -8,18 +8,22 @@ Pipelines follow mmseg 1.x `configs/_base_/datasets/ade20k.py` step by step (mmc
 function): train = RandomResize(scale (2048, 512), ratio 0.5-2.0, keep ratio) -> RandomCrop(512, cat_max_ratio .75)
 -> RandomFlip(.5) -> PhotoMetricDistortion -> normalise -> pad to the crop (image 0 after normalisation, label 255);
 test = Resize((2048, 512), keep ratio) -> normalise, with the label kept at the original size. Images stay uint8
-until normalisation as in mmseg (cv2 resizes uint8 images). Resizing uses torch's bilinear / nearest kernels, which
-sample exactly where cv2's INTER_LINEAR / INTER_NEAREST do; cv2's fixed-point rounding can differ by one grey level.
+until normalisation as in mmseg. Decoding, resizing and the HSV conversions are OpenCV's own (mmcv's `imfrombytes`,
+`imrescale` and `bgr2hsv` call them): torch's bilinear kernel samples where INTER_LINEAR does but rounds otherwise
+(OpenCV interpolates in fixed point), so only OpenCV itself gives mmseg's pixels. The (3, H, W) RGB tensors here go
+through OpenCV as (H, W, 3) copies; mmseg holds BGR arrays, which changes nothing: resizing is per channel and the
+HSV conversions are taken from RGB (COLOR_RGB2HSV) where mmseg takes them from BGR.
 Random draws use numpy's global generator, which the training engine seeds per epoch, rank and worker.
 """
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..files import temporary_path
@@ -73,15 +77,18 @@ ADE20K_PALETTE = (
 
 # -- files ------------------------------------------------------------------------------------------------------------
 def read_image(path: Path) -> torch.Tensor:
-    """RGB uint8 (3, H, W); EXIF orientation applied, as cv2.imread (mmseg's loader) does."""
+    """RGB uint8 (3, H, W) decoded as mmseg's LoadImageFromFile does (mmcv `imfrombytes`: `cv2.imdecode` with
+    IMREAD_COLOR, which applies the EXIF orientation and makes grey, 16-bit and alpha images 8-bit colour)."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
+        data = np.fromfile(path, np.uint8)
     except FileNotFoundError:
         raise MissingFileError(f"{path}: image file not found") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except OSError as exc:
         raise ImageReadError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise ImageReadError(f"{path}: cannot read image (not an image format OpenCV decodes, or a damaged file)")
+    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)[::-1]))
 
 
 def read_label(path: Path, num_classes: int, reduce_zero_label: bool, ignore_index: int = 255) -> torch.Tensor:
@@ -236,19 +243,29 @@ def view_size(h: int, w: int, scale: Sequence[float], ratio: float = 1.0,
     return rescale_size(h, w, (short * max(h, w) / min(h, w), short))
 
 
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    """A (C, H, W) CPU tensor as the contiguous (H, W, C) array OpenCV takes."""
+    return np.ascontiguousarray(image.cpu().numpy().transpose(1, 2, 0))
+
+
+def _chw(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array.reshape(*array.shape[:2], -1).transpose(2, 0, 1)))
+
+
 def resize_image(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """uint8 (3, H, W) -> uint8 (3, h, w), bilinear with half-pixel centres (cv2 INTER_LINEAR), rounded."""
+    """uint8 (3, H, W) on any device -> uint8 (3, h, w) on the CPU: `cv2.resize` INTER_LINEAR (mmcv `imresize`)."""
     if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    out = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+        return image.cpu()
+    return _chw(cv2.resize(_hwc(image), (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
 
 
 def resize_label(label: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """(H, W) -> (h, w) nearest neighbour (torch 'nearest' = cv2 INTER_NEAREST: source index floor(dst * scale))."""
+    """(H, W) 8-bit values (`read_label`), any integer dtype -> (h, w): `cv2.resize` INTER_NEAREST on uint8, as mmcv
+    resizes mmseg's uint8 label maps."""
     if tuple(label.shape) == tuple(size):
         return label
-    return F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].to(label.dtype)
+    resized = cv2.resize(label.to(torch.uint8).numpy(), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(resized).to(label.dtype)
 
 
 def random_resize(image: torch.Tensor, label: torch.Tensor, scale: Sequence[int],
@@ -288,45 +305,15 @@ def random_crop(image: torch.Tensor, label: torch.Tensor, crop_size: Tuple[int, 
     return image[:, y1:y2, x1:x2], label[y1:y2, x1:x2]
 
 
-# -- photometric distortion (mmseg PhotoMetricDistortion on uint8 images, cv2 8-bit HSV) ---------------------------------
-_HSV_SHIFT = 12
-_IDX = torch.arange(256, dtype=torch.float64)
-# cv2 color_hsv.simd.hpp tables: saturate_cast<int>((255 << 12) / i) and ((180 << 12) / (6 i)), 0 at i = 0;
-# torch.round rounds half to even as cvRound does.
-_SDIV = torch.where(_IDX > 0, torch.round((255 << _HSV_SHIFT) / _IDX.clamp(min=1)), 0).long()
-_HDIV = torch.where(_IDX > 0, torch.round((180 << _HSV_SHIFT) / (6 * _IDX.clamp(min=1))), 0).long()
-# cv2 HSV2RGB sector table: indices into (v, p, q, t) for (b, g, r)
-_SECTORS = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
-
-
+# -- photometric distortion (mmseg PhotoMetricDistortion on uint8 images, OpenCV's 8-bit HSV) ----------------------
 def rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (3, H, W) -> uint8 HSV with H in 0..179, S and V in 0..255: cv2.cvtColor(COLOR_RGB2HSV) integer path."""
-    r, g, b = image.long()
-    v = torch.maximum(torch.maximum(r, g), b)
-    diff = v - torch.minimum(torch.minimum(r, g), b)
-    half = 1 << (_HSV_SHIFT - 1)
-    s = (diff * _SDIV[v] + half) >> _HSV_SHIFT
-    h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = (h * _HDIV[diff] + half) >> _HSV_SHIFT
-    h = torch.where(h < 0, h + 180, h)
-    return torch.stack([h, s, v]).clamp(0, 255).to(torch.uint8)
+    """uint8 RGB (3, H, W) -> uint8 HSV, H in 0..179: `cv2.cvtColor` (mmcv `bgr2hsv` on mmseg's BGR array)."""
+    return _chw(cv2.cvtColor(_hwc(image), cv2.COLOR_RGB2HSV))
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """uint8 HSV (H 0..179) -> uint8 RGB: cv2.cvtColor(COLOR_HSV2RGB) 8-bit path (float32 maths, rounded)."""
-    h = hsv[0].float() * (6.0 / 180.0)
-    s = hsv[1].float() * (1.0 / 255.0)
-    v = hsv[2].float() * (1.0 / 255.0)
-    h = torch.remainder(h, 6.0)
-    sector = torch.floor(h)
-    f = h - sector
-    sector = sector.long().clamp(0, 5)
-    tab = torch.stack([v, v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))])
-    idx = _SECTORS[sector]                                           # (H, W, 3) -> b, g, r
-    bgr = torch.gather(tab, 0, idx.permute(2, 0, 1))
-    bgr = torch.where(s[None] == 0, v[None].expand_as(bgr), bgr)
-    rgb = bgr.flip(0) * 255.0
-    return torch.round(rgb).clamp(0, 255).to(torch.uint8)
+    """uint8 HSV (H 0..179) -> uint8 RGB: `cv2.cvtColor` (mmcv `hsv2bgr`)."""
+    return _chw(cv2.cvtColor(_hwc(hsv), cv2.COLOR_HSV2RGB))
 
 
 def _convert(x: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:

@@ -329,12 +329,18 @@ def image_folder_dataset(folder, num_classes: Optional[int] = None, transform=No
 
 
 # -- from the config -----------------------------------------------------------------------------------------------
+def split_index(data_cfg, split: str) -> Path:
+    """The `train` or `val` split's class-folder tree, annotation json or list file: data.<split>_split, under
+    data.root unless absolute."""
+    return Path(data_cfg.root) / str(data_cfg[f"{split}_split"])
+
+
 def build_dataset(data_cfg, split: str, transform=None) -> LabeledImages:
     """The `train` or `val` split described by the `data:` config section."""
     if data_cfg.format not in FORMATS:
         raise DatasetError(f"data.format '{data_cfg.format}' is not one of {', '.join(FORMATS)}")
     root = Path(data_cfg.root)
-    index = root / str(data_cfg[split])
+    index = split_index(data_cfg, split)
     images = root / str(data_cfg[f"{split}_images"] or "")
     num_classes = data_cfg.num_classes
     if data_cfg.format == "imagefolder":
@@ -343,7 +349,7 @@ def build_dataset(data_cfg, split: str, transform=None) -> LabeledImages:
         return inat_dataset(index, images, num_classes, transform)
     categories = root / str(data_cfg.categories) if data_cfg.categories else None
     if data_cfg.format == "csv":
-        return csv_dataset(index, images, num_classes, categories, root / str(data_cfg.train),
+        return csv_dataset(index, images, num_classes, categories, split_index(data_cfg, "train"),
                            root / str(data_cfg.train_images or ""), transform)
     return places_dataset(index, images, num_classes, categories, transform)
 
@@ -370,7 +376,7 @@ except ValueError:  # this Pillow refuses 0 bits: route timm's posterize ops thr
 def build_transform(cfg, is_train: bool):
     """timm transforms as the official recipe: train = RandomResizedCrop (bicubic) + flip [+ RandAugment + random
     erasing]; eval = bicubic resize to input / crop_pct + center crop (crop_pct 224/256 up to 224 px, else 1.0)."""
-    size = int(cfg.data.input_size)
+    size = int(cfg.model.img_size)
     if not is_train:
         crop_pct = cfg.eval.crop_pct if cfg.eval.crop_pct is not None else (224 / 256 if size <= 224 else 1.0)
         return create_transform(size, is_training=False, interpolation="bicubic", crop_pct=float(crop_pct))

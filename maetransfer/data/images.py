@@ -7,8 +7,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Type
 
+import numpy as np
+import torch
 import torch.distributed
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -72,6 +74,19 @@ def read_rgb(path) -> Image.Image:
         raise ImageReadError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: corrupt or unreadable image ({' '.join(str(exc).split())})") from None
+
+
+def read_image_pil(path) -> torch.Tensor:
+    """RGB uint8 (3, H, W) through Pillow, EXIF orientation applied, as detectron2's `read_image` decodes photos
+    (segmentation decodes through OpenCV as mmseg does: `data.ade.read_image`)."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: image file not found") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
 
 
 def list_images(root) -> List[Path]:

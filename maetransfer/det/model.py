@@ -165,9 +165,10 @@ def build_backbone(model_cfg) -> nn.Module:
     raise ValueError(f"unknown model.pyramid {m.pyramid!r}: expected 'simple' or 'multilevel'")
 
 
-def build_mask_rcnn(model_cfg, num_classes: int, mask_threshold: float = 0.5) -> MaskRCNN:
-    """Mask R-CNN for `num_classes` object categories from the `model:` config section."""
-    m = model_cfg
+def build_mask_rcnn(cfg, num_classes: int) -> MaskRCNN:
+    """Mask R-CNN for `num_classes` object categories from a detection config: its `model:` section, the input
+    normalisation `data.mean`/`data.std` and `eval.mask_threshold`."""
+    m = cfg.model
     backbone = build_backbone(m)
     strides = list(backbone.strides.values())  # one anchor size per level: config.check_rules
     rpn = RPN(channels=backbone.out_channels, strides=strides, anchor_sizes=list(m.anchor_sizes),
@@ -181,8 +182,8 @@ def build_mask_rcnn(model_cfg, num_classes: int, mask_threshold: float = 0.5) ->
                          norm=m.head_norm, batch_size_per_image=m.box_batch_size_per_image,
                          score_thresh=m.box_score_thresh, nms_thresh=m.box_nms_thresh,
                          detections_per_img=m.detections_per_img, smooth_l1_beta=m.smooth_l1_beta)
-    return MaskRCNN(backbone, rpn, roi_heads, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std, pad_size=m.img_size,
-                    mask_threshold=mask_threshold)
+    return MaskRCNN(backbone, rpn, roi_heads, pixel_mean=cfg.data.mean, pixel_std=cfg.data.std, pad_size=m.img_size,
+                    mask_threshold=float(cfg.eval.mask_threshold))
 
 
 def detection_loss(model: nn.Module, batch: Tuple[List[torch.Tensor], List[Dict]], device: torch.device):

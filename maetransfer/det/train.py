@@ -1,9 +1,10 @@
 """COCO Mask R-CNN run: data (LSJ) + the ViTDet detector on the shared engine, then COCOeval bbox/segm."""
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch.nn as nn
 from omegaconf import DictConfig
+from timm.layers import LayerNorm2d
 
 from ..checkpoint import (CheckpointError, detector_state, is_detector, load_detector_into, load_into, parse_state,
                           read_raw, read_state, unwrap_state)
@@ -67,6 +68,22 @@ def load_detector(model: nn.Module, path: str, unsafe: bool = False) -> None:
     load_detector_into(model, detector_state(state), path)
 
 
+# The normalisation layers detectron2's get_default_optimizer_params(weight_decay_norm=0) recognises (solver/build.py)
+_TORCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
+                nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def vitdet_no_weight_decay(model: nn.Module) -> Set[str]:
+    """The parameters that detectron2's ViTDet recipe does not decay (its optimizer: weight_decay_norm=0, overrides
+    {"pos_embed": wd 0}): those of torch's own normalisation layers (the ViT's LayerNorms, BN/GN variants) and
+    pos_embed. Everything else is decayed, as there: biases, the rel-pos tables, and the channels-first LayerNorms of
+    the pyramid and heads, which detectron2 implements as a module of its own (layers.LayerNorm) that its list of
+    norm types misses (timm's LayerNorm2d here, a subclass of nn.LayerNorm, hence named apart)."""
+    return {f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules() for name, _ in module.named_parameters(recurse=False)
+            if name == "pos_embed" or (isinstance(module, _TORCH_NORMS) and not isinstance(module, LayerNorm2d))}
+
+
 class DetectionTask(Task):
     """COCO-layout data with LSJ, the ViTDet Mask R-CNN, COCOeval bbox/segm; results {'bbox': {...}, 'segm': {...}}
     on the main process, as written to <output_dir>/metrics.json."""
@@ -92,14 +109,14 @@ class DetectionTask(Task):
     def build(self, eval_only: bool) -> nn.Module:
         cfg = self.cfg
         self.train_set, self.val_set = build_datasets(cfg, eval_only)
-        return build_mask_rcnn(cfg.model, self.val_set.num_classes, float(cfg.eval.mask_threshold))
+        return build_mask_rcnn(cfg, self.val_set.num_classes)
 
     load_trained = staticmethod(load_detector)
     load_pretrained = staticmethod(load_pretrained)
 
     def param_groups(self, model: nn.Module) -> List[Dict]:
         return param_groups(model, float(self.cfg.train.weight_decay), float(self.cfg.train.layer_decay),
-                            num_layers=model.backbone.net.depth + 1)
+                            num_layers=model.backbone.net.depth + 1, exempt=vitdet_no_weight_decay(model))
 
     def loss_fn(self):
         return detection_loss

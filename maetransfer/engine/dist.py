@@ -2,6 +2,8 @@
 srun step (single process when neither describes a group). Tasks never see which launcher started them."""
 import atexit
 import os
+import re
+import socket
 import sys
 from contextlib import contextmanager
 from datetime import timedelta
@@ -44,6 +46,8 @@ def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) ->
         if device_type == "cuda":
             torch.cuda.set_device(local_device_index())
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        global _hosts
+        _hosts = all_gather_object(socket.gethostname())
         if backend == "gloo":
             # left to the interpreter's exit, gloo's threads can outlive the group once the other processes are gone,
             # and a run that finished aborts ("terminate called without an active exception", SIGABRT)
@@ -82,6 +86,7 @@ def local_device_index() -> int:
 
 
 _alone = False
+_hosts: List[str] = []  # every rank's host name, gathered when the group is joined: names a lost process's host
 
 
 @contextmanager
@@ -167,3 +172,59 @@ def any_process(flag: bool) -> bool:
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+# gloo's transport names the peer whose connection broke by its address ("Connection closed by peer
+# [169.254.77.2]:4230", "Read error [169.254.77.2]:4230: Connection reset by peer"); a peer that stops answering
+# without closing its connections (a node cut off, a frozen process) is a timeout after train.dist_timeout.
+_PEER = re.compile(r"\[([0-9A-Fa-f.:]+)\]:\d+")
+_CAUSE = re.compile(r"connection (?:closed|reset|refused|timed out)(?: by peer)?|broken pipe|no route to host",
+                    re.IGNORECASE)
+_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms")
+
+
+def group_failure(exc: BaseException) -> Optional[str]:
+    """What the process group lost, in words ("rank 1 on nodeB lost (connection reset by peer)"), when `exc` is the
+    failure of a collective because another process died, left the network or stopped answering; None for any other
+    error. torch raises gloo's failures as plain RuntimeErrors with the transport's message (hence the look at it),
+    NCCL's as DistBackendError."""
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, dist.DistError) and not (isinstance(exc, RuntimeError) and "gloo/transport/" in message):
+        return None
+    peer, cause, timeout = _PEER.search(message), _CAUSE.search(message), _TIMEOUT.search(message)
+    if peer is not None:
+        ranks, host = _ranks_at(peer.group(1))
+        who = (f"rank {ranks[0]} on {host}" if len(ranks) == 1 else
+               f"{host} (ranks {_rank_ranges(ranks)})" if ranks else host)
+        return f"{who} lost ({cause.group(0).lower() if cause else 'connection broken'})"
+    if timeout is not None:
+        return f"no answer from another process for {int(timeout.group(1)) / 1000:g} s (train.dist_timeout)"
+    return f"the process group failed ({message[:200]})"
+
+
+def _ranks_at(address: str):
+    """The other ranks whose host resolves to `address`, and that host's name (else the address's own name)."""
+    def addresses(host: str) -> set:
+        try:
+            return {info[4][0] for info in socket.getaddrinfo(host, None)}
+        except OSError:
+            return set()
+
+    ranks = [r for r, host in enumerate(_hosts) if r != get_rank() and address in addresses(host)]
+    if ranks:
+        return ranks, _hosts[ranks[0]]
+    try:
+        return [], f"{socket.gethostbyaddr(address)[0]} ({address})"
+    except OSError:
+        return [], address
+
+
+def _rank_ranges(ranks: List[int]) -> str:
+    """"1,3,8-15" for [1, 3, 8, ..., 15]."""
+    parts: List[str] = []
+    for rank in ranks:
+        if parts and rank == int(parts[-1].rpartition("-")[2]) + 1:
+            parts[-1] = f"{parts[-1].partition('-')[0]}-{rank}"
+        else:
+            parts.append(str(rank))
+    return ",".join(parts)

@@ -13,7 +13,8 @@ one on every process, with its checkpoint written; a time-limit warning also req
 
 Bad input is found before anything is written into the output dir: a training set too small for one update, a
 `train.resume` file that is missing, corrupt, unsafe to unpickle or of another model raise `TrainingError` (one
-line naming the file); so does a non-finite loss, naming the checkpoint that really exists.
+line naming the file); so does a non-finite loss, naming the checkpoint that really exists, and a collective that
+fails because another process or node is gone (`dist.group_failure` names it).
 """
 import math
 import os
@@ -328,6 +329,12 @@ class Trainer:
             self._close_hooks()  # the bar ends before the announcement
             self._announce_stop(stopped)
             raise
+        except RuntimeError as exc:  # a collective that failed because another process or node is gone
+            lost = dist.group_failure(exc)
+            if lost is None:
+                raise
+            raise TrainingError(f"{lost} in iteration {self.iter + 1} of {self.total_iters}; {self._kept()}: run the "
+                                f"same command with --resume auto to continue") from None
         finally:
             self._close_hooks()  # also after a failure: no file stays open, the bar ends before the error line
             if self._folder_lock is not None:  # the folder is free for the next run, also after a failure
@@ -423,12 +430,13 @@ class Trainer:
     def _diverged(self, what: str) -> TrainingError:
         """The error that stops a diverging run, naming the update (counted from 1, as in log.jsonl) and the
         checkpoint that really exists."""
+        return TrainingError(f"{what} at iteration {self.iter + 1} (epoch {self.epoch + 1}); training stopped, "
+                             f"{self._kept()} (try train.amp=bf16 or a lower lr)")
+
+    def _kept(self) -> str:
         if self.last_checkpoint is None:
-            kept = "no checkpoint was written"
-        else:
-            kept = f"the last checkpoint is {self.last_checkpoint[0]} (iteration {self.last_checkpoint[1]})"
-        return TrainingError(f"{what} at iteration {self.iter + 1} (epoch {self.epoch + 1}); training stopped, {kept} "
-                             f"(try train.amp=bf16 or a lower lr)")
+            return "no checkpoint was written"
+        return f"the last checkpoint is {self.last_checkpoint[0]} (iteration {self.last_checkpoint[1]})"
 
     # -- stop signals --------------------------------------------------------------------------------------------
     def _stop_if_asked(self) -> bool:

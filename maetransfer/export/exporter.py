@@ -54,11 +54,11 @@ def check_output(output: Path, overwrite: bool) -> None:
     """ExportError unless `output` can take the export: no earlier export there, unless `overwrite`."""
     from ..cli import check_writable_folder
 
-    check_writable_folder(output, "--output")
+    check_writable_folder(output, "--output-dir")
     earlier = [name for name in (*MODEL_FILES.values(), METADATA_FILE) if (output / name).exists()]
     if earlier and not overwrite:
         raise ExportError(f"{output} holds an earlier export ({earlier[0]}): pass --overwrite to replace it, or "
-                          "choose another --output")
+                          "choose another --output-dir")
 
 
 def _metadata(task: str, predictor: Predictor, cfg: DictConfig, fmt: str, opset: Optional[int],

@@ -152,7 +152,7 @@ class ExportedClassifier(ExportedModel):
         size = list(images.shape[-2:])
         if size != list(self.meta["input_size"]):
             raise ExportError(f"{self.graph.path}: exported for {_size(self.meta['input_size'])} images, given "
-                              f"{_size(size)} (data.input_size must be the exported size)")
+                              f"{_size(size)} (model.img_size must be the exported size)")
         return self.graph(images.float())[0].to(images.device)
 
 
@@ -231,7 +231,7 @@ def check_config(meta: Dict, cfg, path, num_classes: Optional[int] = None) -> No
                           f"{num_classes}")
 
 
-INPUT_SIZE_KEYS = {"det": "model.img_size", "seg": "eval.crop_size", "cls": "data.input_size"}
+INPUT_SIZE_KEYS = {"det": "model.img_size", "seg": "eval.crop_size", "cls": "model.img_size"}
 
 
 def input_size_of(task: str, cfg) -> Tuple[str, List[int]]:

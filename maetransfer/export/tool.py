@@ -19,7 +19,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
         task = task_of(cfg, args.config)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
-    out = Path(args.output)
+    out = Path(args.output_dir)
     prepare_output(parser, lambda: check_output(out, args.overwrite))
     meta = run_tool(parser, lambda: export(cfg, args.checkpoint, out, args.format, args.opset, args.image,
                                            args.overwrite, args.unsafe_load, args.class_names, args.config))

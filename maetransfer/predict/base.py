@@ -3,7 +3,7 @@ its class count and names, images in any form, the class names a model's labels 
 tools/predict.py writes."""
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Type, Union
+from typing import Callable, Dict, List, Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
@@ -12,8 +12,7 @@ from PIL import Image
 
 from ..checkpoint import CheckpointError, StateDict, read_raw, unwrap_state
 from ..config import ConfigError, load_config
-from ..data.ade import read_image
-from ..data.images import print_warning
+from ..data.images import print_warning, read_image_pil
 from ..engine.amp import AMP_DTYPES, autocast
 from ..errors import InputError
 from ..export.runtime import check_config, is_exported, open_exported
@@ -66,11 +65,11 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def to_image(image: ImageLike) -> torch.Tensor:
-    """uint8 (3, H, W) RGB from a file path (EXIF orientation applied, as detectron2 and mmseg read photos), a PIL
-    image, an (H, W, 3) or (H, W) uint8 array, or a (3, H, W) uint8 tensor."""
+def to_image(image: ImageLike, read: Callable[[Path], torch.Tensor] = read_image_pil) -> torch.Tensor:
+    """uint8 (3, H, W) RGB from a file path (decoded by `read`: a task reads photos as its reference stack does, EXIF
+    orientation applied), a PIL image, an (H, W, 3) or (H, W) uint8 array, or a (3, H, W) uint8 tensor."""
     if isinstance(image, (str, Path)):
-        return read_image(Path(image))
+        return read(Path(image))
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
@@ -103,6 +102,7 @@ class Predictor(ABC):
 
     task = ""
     summary_files: Sequence[str] = ()
+    read_image = staticmethod(read_image_pil)  # how image files are decoded: Pillow, as detectron2 and timm do
 
     def __init__(self, cfg: DictConfig, model: torch.nn.Module, class_names: Sequence[str], device: str = "auto",
                  amp: str = "none", meta: Optional[Dict] = None):
@@ -189,7 +189,7 @@ class Predictor(ABC):
         return self.predict([image])[0]
 
     def predict(self, images: Sequence[ImageLike]) -> List[Dict[str, torch.Tensor]]:
-        return self.predict_tensors([to_image(image) for image in images])
+        return self.predict_tensors([to_image(image, self.read_image) for image in images])
 
     @abstractmethod
     def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:

@@ -44,7 +44,7 @@ class ClassificationPredictor(Predictor):
         # The config's count when it sets one (load_classifier then names a checkpoint of another data set), else
         # the checkpoint's; without a head load_classifier says what the file holds instead.
         num_classes = cfg.data.num_classes or (len(names) if names else head.shape[0] if head is not None else 1)
-        model = build_classifier(cfg.model, int(num_classes), int(cfg.data.input_size))
+        model = build_classifier(cfg.model, int(num_classes), int(cfg.model.img_size))
         load_classifier(model, path, unsafe)
         return model, int(num_classes)
 

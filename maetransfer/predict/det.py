@@ -50,7 +50,7 @@ class DetectionPredictor(Predictor):
         state = detector_state(state)
         scores = state.get("roi_heads.box_predictor.cls_score.weight")
         num_classes = scores.shape[0] - 1 if scores is not None else len(COCO_CATEGORIES)  # background last
-        model = build_mask_rcnn(cfg.model, num_classes, float(cfg.eval.mask_threshold))
+        model = build_mask_rcnn(cfg, num_classes)
         load_detector_into(model, state, path)
         return model, num_classes
 

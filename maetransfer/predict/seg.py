@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from ..data.ade import read_image
 from ..files import atomic_write, write_text
 from ..seg.inference import predict
 from ..seg.segmentor import build_segmentor
@@ -26,6 +27,7 @@ class SegmentationPredictor(Predictor):
 
     task = "seg"
     summary_files = (RESULTS_FILE,)
+    read_image = staticmethod(read_image)  # OpenCV, as mmseg's LoadImageFromFile: the evaluation's pixels
 
     def __init__(self, cfg: DictConfig, model: torch.nn.Module, class_names, device: str = "auto",
                  amp: str = "none", meta: Optional[Dict] = None, opacity: float = 0.5):
@@ -50,16 +52,16 @@ class SegmentationPredictor(Predictor):
         """(K, H, W) class scores of a uint8 (3, H, W) image at its size, through the evaluation's inference."""
         d = self.cfg.data
         with self.autocast():
-            return predict(self.model, image.to(self.device), self.cfg.eval, tuple(d.scale), tuple(d.mean),
-                           tuple(d.std))
+            return predict(self.model, image, self.cfg.eval, tuple(d.scale), tuple(d.mean), tuple(d.std),
+                           self.device)
 
     def predict_tensors(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
         # one at a time at its own size, as evaluation runs
         return [{"label_map": self.scores(image).argmax(0).cpu()} for image in images]
 
     def draw(self, image: ImageLike, prediction: Dict[str, torch.Tensor]):
-        return draw_segmentation(to_image(image), prediction["label_map"], self.class_names, self.colours,
-                                 self.opacity)
+        return draw_segmentation(to_image(image, self.read_image), prediction["label_map"], self.class_names,
+                                 self.colours, self.opacity)
 
     @classmethod
     def files_of(cls, source: str) -> List[str]:

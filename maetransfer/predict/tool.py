@@ -73,7 +73,7 @@ def find_images(specs: Sequence[str]) -> Tuple[Found, int]:
 def check_outputs(out: Path, found: Found, predictor: type, overwrite: bool) -> None:
     """Before anything is written: `out` can be a folder, no two images write the same file, no output would replace
     an input image, and (unless `overwrite`) no output file exists already."""
-    check_writable_folder(out, "--output")
+    check_writable_folder(out, "--output-dir")
     writer_of = {}
     for path, name in found:
         for file in predictor.files_of(name):
@@ -86,25 +86,25 @@ def check_outputs(out: Path, found: Found, predictor: type, overwrite: bool) -> 
     inputs = {path.resolve() for path, _ in found}
     clash = [file for file in writer_of if (out / file).resolve() in inputs]
     if clash:
-        raise OutputClashError(f"{out / clash[0]} is an input image: choose another --output")
+        raise OutputClashError(f"{out / clash[0]} is an input image: choose another --output-dir")
     existing = [file for file in writer_of if (out / file).exists()]
     if existing and not overwrite:
         raise OutputClashError(f"{out} holds {len(existing)} of the files this run writes, e.g. {existing[0]}: pass "
-                               "--overwrite to replace them, or choose another --output")
+                               "--overwrite to replace them, or choose another --output-dir")
 
 
 class _Images(Dataset):
-    """(index, uint8 (3, H, W) image or None, the one-line reason it could not be read)."""
+    """(index, uint8 (3, H, W) image or None, the one-line reason it could not be read); `read` decodes a file."""
 
-    def __init__(self, found: Found):
-        self.found = found
+    def __init__(self, found: Found, read):
+        self.found, self.read = found, read
 
     def __len__(self) -> int:
         return len(self.found)
 
     def __getitem__(self, index: int):
         try:
-            return index, to_image(self.found[index][0]), None
+            return index, to_image(self.found[index][0], self.read), None
         except InputError as exc:
             return index, None, str(exc)
 
@@ -112,7 +112,8 @@ class _Images(Dataset):
 def predict_images(predictor: Predictor, found: Found, out: Path, batch_size: int, workers: int) -> List:
     """Predict every image of `found` and write its files under `out`; the summary files when all are done. Returns
     the records of the summary."""
-    loader = DataLoader(_Images(found), batch_size=batch_size, num_workers=workers, collate_fn=list)
+    loader = DataLoader(_Images(found, predictor.read_image), batch_size=batch_size, num_workers=workers,
+                        collate_fn=list)
     records, unreadable = [], 0
     with tqdm(total=len(found), desc="predict", unit="image", dynamic_ncols=True) as bar:
         for batch in loader:
@@ -147,7 +148,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg, task: st
     if skipped:
         what = "files that are not images" if skipped > 1 else "file that is not an image"
         print(f"skipped {skipped} {what} (by the extension)")
-    out = Path(args.output)
+    out = Path(args.output_dir)
     prepare_output(parser, lambda: check_outputs(out, found, task_predictor, args.overwrite))
     options = {"score_thresh": args.score_thresh} if args.score_thresh is not None else {}
     options.update({"topk": args.topk} if args.topk is not None else {})

@@ -197,7 +197,7 @@ def check_same_command(job: Job, record: Dict) -> None:
     ran, asked = [t for t in old if t not in new], [t for t in new if t not in old]
     ran_with = shlex.join(ran) or "the same arguments in another order"
     raise SuiteError(f"{job.output_dir} holds a run of another command (it ran with {ran_with}; this command gives "
-                     f"{shlex.join(asked) or 'none of them'}): choose another --output, or delete that folder and "
+                     f"{shlex.join(asked) or 'none of them'}): choose another --output-dir, or delete that folder and "
                      f"{job.record_path.name}")
 
 

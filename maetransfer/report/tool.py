@@ -165,12 +165,12 @@ def main(p: argparse.ArgumentParser, args, command: str) -> None:
             raise SuiteError(f"suite {suite.name} names no encoders: give at least one --encoder")
         check_encoders(encoders)
         roots = parse_data_roots(suite, args.data)
-        out = Path(args.output or f"output/report/{suite.name}")
+        out = Path(args.output_dir or f"output/report/{suite.name}")
         jobs = plan(suite.jobs, encoders, roots, out, args.launcher, slurm_settings(args.slurm), args.gpus)
         if args.status:
             print_status(collect(jobs, job_state), out)
             return
-        check_writable_folder(out, "--output")
+        check_writable_folder(out, "--output-dir")
         out.mkdir(parents=True, exist_ok=True)
         lock = FileLock(out / ".report.lock")
         try:

@@ -65,7 +65,7 @@ class SegEvaluator(DatasetEvaluator):
         self.shown = 0
 
     def forward(self, model, inputs, device):
-        return predict(model, inputs["image"].to(device), self.eval_cfg, self.scale, self.mean, self.std).argmax(0)
+        return predict(model, inputs["image"], self.eval_cfg, self.scale, self.mean, self.std, device).argmax(0)
 
     def process(self, inputs, outputs):
         if self.metric.areas.device != outputs.device:  # sums on the model's device: no copy back per image

@@ -55,13 +55,15 @@ def inference(model, images: torch.Tensor, mode: str = "slide", crop: Sequence[i
 
 @torch.no_grad()
 def predict(model, image: torch.Tensor, eval_cfg, scale: Sequence[int], mean: Sequence[float],
-            std: Sequence[float]) -> torch.Tensor:
-    """Scores (num_classes, H0, W0) for one uint8 image (3, H0, W0) at its original size.
+            std: Sequence[float], device: Optional[torch.device] = None) -> torch.Tensor:
+    """Scores (num_classes, H0, W0) on `device` (default: the image's) for one uint8 image (3, H0, W0) at its
+    original size.
 
-    Each view: resize to the (long, short) bound `scale` x ratio keeping the aspect ratio (uint8, as mmseg's cv2 resize),
-    normalise, optionally flip, infer, flip back, resize the logits bilinearly to the original size. One view
-    returns its logits; several return the mean of their softmax scores.
+    Each view: resize to the (long, short) bound `scale` x ratio keeping the aspect ratio (uint8, OpenCV on the CPU,
+    as mmseg's mmcv.imrescale), move to `device`, normalise, optionally flip, infer, flip back, resize the logits
+    bilinearly to the original size. One view returns its logits; several return the mean of their softmax scores.
     """
+    device = image.device if device is None else device
     h0, w0 = image.shape[-2:]
     ratios: List[float] = list(eval_cfg.ratios) if eval_cfg.multi_scale else [1.0]
     flips = [False, True] if eval_cfg.flip else [False]
@@ -69,7 +71,7 @@ def predict(model, image: torch.Tensor, eval_cfg, scale: Sequence[int], mean: Se
     scores = None
     for ratio in ratios:
         size = view_size(h0, w0, tuple(scale), ratio, min_size)
-        x = normalize(resize_image(image, size), mean, std)[None]
+        x = normalize(resize_image(image, size).to(device), mean, std)[None]
         for flip in flips:
             logits = inference(model, x.flip(-1) if flip else x, eval_cfg.mode, tuple(eval_cfg.crop_size),
                                tuple(eval_cfg.stride), int(eval_cfg.slide_batch))
