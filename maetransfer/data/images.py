@@ -65,11 +65,12 @@ def find_missing(root, paths: Iterable[str]) -> Tuple[int, Optional[int]]:
     return count, first
 
 
-def read_rgb(path) -> Image.Image:
-    """Decode an image fully (a truncated file fails here, not later inside a transform) as RGB."""
+def read_rgb(path, exif_transpose: bool = False) -> Image.Image:
+    """Decode an image fully (a truncated file fails here, not later inside a transform) as RGB; with
+    `exif_transpose`, turned upright by its EXIF orientation, as detectron2's `read_image` decodes photos."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return (ImageOps.exif_transpose(im) if exif_transpose else im).convert("RGB")
     except FileNotFoundError:
         raise ImageReadError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -77,16 +78,9 @@ def read_rgb(path) -> Image.Image:
 
 
 def read_image_pil(path) -> torch.Tensor:
-    """RGB uint8 (3, H, W) through Pillow, EXIF orientation applied, as detectron2's `read_image` decodes photos
-    (segmentation decodes through OpenCV as mmseg does: `data.ade.read_image`)."""
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
-    except FileNotFoundError:
-        raise MissingFileError(f"{path}: image file not found") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: cannot read image ({' '.join(str(exc).split())})") from None
+    """RGB uint8 (3, H, W) through Pillow, EXIF orientation applied (`read_rgb`); segmentation decodes through OpenCV
+    as mmseg does (`data.ade.read_image`)."""
+    return torch.from_numpy(np.array(read_rgb(path, exif_transpose=True))).permute(2, 0, 1).contiguous()
 
 
 def list_images(root) -> List[Path]:
