@@ -50,6 +50,10 @@ def number_in(kind: type, low: Optional[float] = None, high: Optional[float] = N
     return parse
 
 
+# How long a process that leaves an error to the first process waits before it exits (see ToolParser.exit).
+SILENT_EXIT_GRACE_S = 10.0
+
+
 class ToolParser(argparse.ArgumentParser):
     """The training tools' parser. In a multi-process job every process reads the same command line, config and files
     before the processes join, and fails the same way: its usage errors and one-line errors are then said by the first
@@ -62,7 +66,12 @@ class ToolParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def exit(self, status=0, message=None):
-        super().exit(status, message if not status or _speaks_for_the_job() else None)
+        if status and not _speaks_for_the_job():
+            # A launcher (torchrun, srun --kill-on-bad-exit) stops the whole job as soon as one process fails: the
+            # silent ones leave the first process time to say the error before it is stopped with them.
+            time.sleep(SILENT_EXIT_GRACE_S)
+            message = None
+        super().exit(status, message)
 
 
 def _speaks_for_the_job() -> bool:
