@@ -29,7 +29,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
-from .cli import check_writable_folder
+from .cli import check_writable_folder, refuse_earlier_outputs
 from .config import ConfigError
 from .data.ade import SegTrainTransform, files_by_stem, read_image, split_folders
 from .data.cls import (FORMATS, LETTER_DIR, build_transform, check_num_classes, image_folder_classes, inat_categories,
@@ -68,10 +68,6 @@ PRINTED_CLASSES = 20  # classes with no instance named in the printed summary
 
 # <index in the split, 5+ digits>_<image stem>[_augmented].png
 PICTURE = re.compile(r"\d{5,}_.+\.png")
-
-
-class OutputClashError(InputError, ValueError):
-    """The output folder holds the pictures or the summary of an earlier browse."""
 
 
 class Problems:
@@ -624,10 +620,8 @@ def check_outputs(out: Path, overwrite: bool) -> None:
     check_writable_folder(out, "--output-dir")
     if overwrite or not out.is_dir():
         return
-    existing = sorted(p.name for p in out.iterdir() if p.name == PROBLEMS_FILE or PICTURE.fullmatch(p.name))
-    if existing:
-        raise OutputClashError(f"{out} holds {len(existing)} files of an earlier browse, e.g. {existing[0]}: pass "
-                               "--overwrite to replace them, or choose another --output-dir")
+    earlier = sorted(p.name for p in out.iterdir() if p.name == PROBLEMS_FILE or PICTURE.fullmatch(p.name))
+    refuse_earlier_outputs(out, earlier, "browse", overwrite)
 
 
 def seed_everything(seed: int) -> None:

@@ -152,6 +152,19 @@ class OutputPathError(InputError, OSError):
     """An output path that cannot be written: a file where a folder is needed, or no permission."""
 
 
+class OutputClashError(InputError, ValueError):
+    """The output folder holds files this run would write (or two inputs would write the same file)."""
+
+
+def refuse_earlier_outputs(out: Path, earlier: Sequence[str], run: str, overwrite: bool) -> None:
+    """OutputClashError unless `overwrite` when folder `out` holds `earlier`, the files of an earlier `run` (a noun:
+    "export"): the tools that write into a folder of the user's choosing never replace earlier files silently."""
+    if earlier and not overwrite:
+        files, them = ("1 file", "it") if len(earlier) == 1 else (f"{len(earlier)} files", "them")
+        raise OutputClashError(f"{out} holds {files} of an earlier {run}, e.g. {earlier[0]}: pass --overwrite to "
+                               f"replace {them}, or choose another --output-dir")
+
+
 def _write_problem(path: Path) -> Optional[str]:
     """Why nothing can be written at folder `path` (it, or its nearest existing parent, is a file or not writable),
     or None."""

@@ -335,8 +335,8 @@ def test_export_errors_are_one_line_and_leave_earlier_files_untouched(det_export
     before = _snapshot(earlier)
 
     code, err = _fails(capsys, export_tool, *common, "--checkpoint", tmp / "vitdet.pth", "--output-dir", earlier)
-    assert code == 2 and err == [f"error: {earlier} holds an earlier export (model.onnx): pass --overwrite to "
-                                 "replace it, or choose another --output-dir"]
+    assert code == 2 and err == [f"error: {earlier} holds 2 files of an earlier export, e.g. model.onnx: "
+                                 "pass --overwrite to replace them, or choose another --output-dir"]
     code, err = _fails(capsys, export_tool, *common, "--checkpoint", seg_tmp / "mmseg.pth", "--output-dir",
                        tmp_path / "wrong_task")
     assert code == 1 and err == [f"error: {seg_tmp / 'mmseg.pth'}: a segmentation model, but the config is a "
@@ -425,8 +425,9 @@ def test_a_second_export_into_the_same_folder_from_the_command_line_is_one_line(
                str(tmp / "finetuned.pth"), "--output-dir", str(out), *CLS_TINY]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [f"error: {out} holds an earlier export (model.onnx): pass "
-                                                  "--overwrite to replace it, or choose another --output-dir"]
+    assert result.stderr.strip().splitlines() == [f"error: {out} holds 2 files of an earlier export, e.g. "
+                                                  "model.onnx: pass --overwrite to replace them, or choose another "
+                                                  "--output-dir"]
     assert _snapshot(out) == before
     copy = tmp / "onnx_copy"
     shutil.copytree(out, copy)

@@ -172,7 +172,7 @@ def test_bad_inputs_end_with_one_line_and_leave_earlier_files_untouched(det_run,
          f"error: {untasked}: the config names no task (a top-level 'task:' key"),
         ([*common, image, "--output-dir", fresh, "--topk", "3"], 2, "error: --topk applies to classification recipes"),
         ([*common, data / "val2017" / "000000000001.png", "--output-dir", out], 2,
-         f"error: {out} holds 2 of the files this run writes, e.g. 000000000001.png: pass --overwrite"),
+         f"error: {out} holds 2 files of an earlier prediction, e.g. 000000000001.png: pass --overwrite"),
         ([*common, data / "val2017", "--output-dir", data / "val2017", "--overwrite"], 2,
          f"error: {data / 'val2017' / '000000000001.png'} is an input image: choose another --output-dir"),
     ]
@@ -427,6 +427,6 @@ def test_a_run_into_an_earlier_runs_folder_from_the_command_line_is_one_line(det
                              "--output-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: {out} holds 1 of the files this run writes, e.g. predictions.json: pass --overwrite to replace "
-        "them, or choose another --output-dir"]
+        f"error: {out} holds 1 file of an earlier prediction, e.g. predictions.json: pass --overwrite to replace "
+        "it, or choose another --output-dir"]
     assert _snapshot(out) == before

@@ -51,14 +51,12 @@ def sample_images(task: str, cfg: DictConfig, paths: Sequence[str] = ()) -> List
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """ExportError unless `output` can take the export: no earlier export there, unless `overwrite`."""
-    from ..cli import check_writable_folder
+    """An InputError unless `output` can take the export: no earlier export there, unless `overwrite`."""
+    from ..cli import check_writable_folder, refuse_earlier_outputs
 
     check_writable_folder(output, "--output-dir")
     earlier = [name for name in (*MODEL_FILES.values(), METADATA_FILE) if (output / name).exists()]
-    if earlier and not overwrite:
-        raise ExportError(f"{output} holds an earlier export ({earlier[0]}): pass --overwrite to replace it, or "
-                          "choose another --output-dir")
+    refuse_earlier_outputs(output, earlier, "export", overwrite)
 
 
 def _metadata(task: str, predictor: Predictor, cfg: DictConfig, fmt: str, opset: Optional[int],

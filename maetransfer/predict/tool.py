@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from ..cli import check_writable_folder, prepare_output, run_tool
+from ..cli import OutputClashError, check_writable_folder, prepare_output, refuse_earlier_outputs, run_tool
 from ..data.images import DatasetError, MissingFileError
 from ..engine import progress
 from ..errors import InputError
@@ -22,10 +22,6 @@ from .base import Predictor, predictor_class, to_image
 
 # (file, its name relative to the folder it was found in, or its file name when given directly)
 Found = List[Tuple[Path, str]]
-
-
-class OutputClashError(InputError, ValueError):
-    """The output folder holds files this run would write, or two inputs would write the same file."""
 
 
 class UnreadableImagesError(InputError, RuntimeError):
@@ -87,10 +83,7 @@ def check_outputs(out: Path, found: Found, predictor: type, overwrite: bool) -> 
     clash = [file for file in writer_of if (out / file).resolve() in inputs]
     if clash:
         raise OutputClashError(f"{out / clash[0]} is an input image: choose another --output-dir")
-    existing = [file for file in writer_of if (out / file).exists()]
-    if existing and not overwrite:
-        raise OutputClashError(f"{out} holds {len(existing)} of the files this run writes, e.g. {existing[0]}: pass "
-                               "--overwrite to replace them, or choose another --output-dir")
+    refuse_earlier_outputs(out, [file for file in writer_of if (out / file).exists()], "prediction", overwrite)
 
 
 class _Images(Dataset):
