@@ -1,7 +1,7 @@
 """Optimizers, parameter groups with layer-wise lr decay, and per-iteration learning-rate schedules."""
 import math
 import re
-from typing import Collection, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -9,6 +9,17 @@ from timm.optim import Lars
 
 # Parameters never decayed besides 1-D ones (biases, norms): position tables and learned tokens.
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "mask_token", "rel_pos_h", "rel_pos_w", "relative_position_bias_table")
+
+# Which parameters a recipe does not decay: rule(full parameter name, parameter) -> True for no weight decay.
+NoDecayRule = Callable[[str, torch.Tensor], bool]
+
+
+def no_decay_on(names: Iterable[str] = NO_WEIGHT_DECAY) -> NoDecayRule:
+    """The official MAE code's and timm's rule: no decay on 1-D parameters (biases, norms) and on those with a name
+    part in `names` (a model's `no_weight_decay()`)."""
+    skip = frozenset(names)
+    return lambda name, p: p.ndim == 1 or not skip.isdisjoint(name.split("."))
+
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _EMBED = ("patch_embed", "cls_token", "pos_embed")
@@ -27,24 +38,20 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
-                 no_weight_decay: Iterable[str] = NO_WEIGHT_DECAY, num_layers: Optional[int] = None,
-                 exempt: Optional[Collection[str]] = None) -> List[Dict]:
-    """AdamW/LARS parameter groups: no decay on 1-D params and on `no_weight_decay` names, or, where `exempt` (full
-    parameter names) is given, on exactly those; with layer_decay < 1 each group carries
-    `lr_scale = layer_decay ** (num_layers - layer_id)`, num_layers = depth + 1."""
+                 no_decay: NoDecayRule = no_decay_on(), num_layers: Optional[int] = None) -> List[Dict]:
+    """AdamW/LARS parameter groups: no decay where the recipe's `no_decay` rule says so; with layer_decay < 1 each
+    group carries `lr_scale = layer_decay ** (num_layers - layer_id)`, num_layers = depth + 1."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if num_layers is None:
         depth = max((int(m.group(1)) + 1 for n, _ in named if (m := _BLOCK.search(n))), default=0)
         num_layers = depth + 1
-    skip = set(no_weight_decay)
     groups: Dict[tuple, Dict] = {}
     for name, p in named:
-        no_decay = name in exempt if exempt is not None else (
-            p.ndim == 1 or bool(skip.intersection(name.split("."))))
+        exempt = no_decay(name, p)
         lid = layer_id(name, num_layers) if layer_decay != 1.0 else num_layers
-        key = (lid, no_decay)
+        key = (lid, exempt)
         if key not in groups:
-            groups[key] = {"params": [], "param_names": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            groups[key] = {"params": [], "param_names": [], "weight_decay": 0.0 if exempt else weight_decay,
                            "lr_scale": layer_decay ** (num_layers - lid)}
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)

@@ -12,7 +12,7 @@ from maetransfer.data.demo import write_demo_images
 from maetransfer.data.images import IMAGENET_MEAN, IMAGENET_STD, UnlabeledImages
 from maetransfer.engine import Hook, Task, Trainer, dist, run_task
 from maetransfer.files import save_torch
-from maetransfer.optim import param_groups
+from maetransfer.optim import no_decay_on, param_groups
 from maetransfer.tasks import TASKS
 
 from .models_mae import MaskedAutoencoderViT, build_mae
@@ -102,7 +102,7 @@ class PretrainingTask(Task):
         load_init(model, path, unsafe)  # a resumed run's own checkpoint replaces these weights
 
     def param_groups(self, model: MaskedAutoencoderViT) -> List[Dict]:
-        return param_groups(model, self.cfg.train.weight_decay, no_weight_decay=model.no_weight_decay())
+        return param_groups(model, self.cfg.train.weight_decay, no_decay=no_decay_on(model.no_weight_decay()))
 
     def loss_fn(self):
         mask_ratio = float(self.cfg.model.mask_ratio)

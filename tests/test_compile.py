@@ -91,7 +91,7 @@ def test_compiled_pretraining_steps_give_the_eager_losses(tmp_path):
     iteration, so the compiled forward, backward and the updates they drive equal eager's. Inductor's own random
     numbers are switched to eager's (fallback_random) so that both draw the same masks."""
     from maetransfer.engine import Trainer
-    from maetransfer.optim import param_groups
+    from maetransfer.optim import no_decay_on, param_groups
 
     images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     losses = {}
@@ -103,7 +103,7 @@ def test_compiled_pretraining_steps_give_the_eager_losses(tmp_path):
                 "train.checkpoint_period=0", f"train.compile={compile_}", f"train.output_dir={tmp_path / compile_}"])
             torch.manual_seed(0)
             model = build_model(cfg.model)
-            trainer = Trainer(cfg, model, param_groups(model, 0.05, no_weight_decay=model.no_weight_decay()),
+            trainer = Trainer(cfg, model, param_groups(model, 0.05, no_decay=no_decay_on(model.no_weight_decay())),
                               list(images), lambda m, x, device: (m(x, 0.75)[0], {}))
             trainer.fit()
             assert (model._compiled_call_impl is not None) == (compile_ == "true")

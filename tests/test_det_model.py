@@ -305,11 +305,11 @@ def test_mae_encoder_from_timm_loads_into_the_backbone(tmp_path):
 
 
 def test_layer_decay_reaches_the_backbone_only():
-    from maetransfer.det.train import vitdet_no_weight_decay
+    from maetransfer.det.train import vitdet_no_decay
 
     model = build_mask_rcnn(tiny_cfg(), num_classes=3)
     groups = param_groups(model, 0.1, 0.7, num_layers=model.backbone.net.depth + 1,
-                          exempt=vitdet_no_weight_decay(model))
+                          no_decay=vitdet_no_decay(model))
     scale = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
     decay = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
     assert scale["backbone.net.blocks.3.attn.qkv.weight"] == pytest.approx(0.7)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from maetransfer.config import ConfigError, load_config
 from maetransfer.data.images import ImageReadError, UnlabeledImages
-from maetransfer.optim import lr_at, param_groups
+from maetransfer.optim import lr_at, no_decay_on, param_groups
 from pretrain.models_mae import MaskedAutoencoderViT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_mmengine_schedule_ends_one_iteration_earlier():
 def test_pretrain_weight_decay_groups():
     model = MaskedAutoencoderViT(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
                                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4)
-    groups = param_groups(model, 0.05, no_weight_decay=model.no_weight_decay())
+    groups = param_groups(model, 0.05, no_decay=no_decay_on(model.no_weight_decay()))
     decayed = {n for g in groups if g["weight_decay"] for n in g["param_names"]}
     # as the official main_pretrain.py (timm add_weight_decay, no skip list): the tokens are decayed
     assert "cls_token" in decayed and "mask_token" in decayed and "blocks.0.norm1.weight" not in decayed

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from maetransfer.config import load_config
-from maetransfer.optim import param_groups
+from maetransfer.optim import no_decay_on, param_groups
 from maetransfer.seg.heads import UPerHead
 from maetransfer.seg.inference import predict, slide_inference, slide_windows
 from maetransfer.seg.segmentor import build_segmentor, pixel_accuracy, seg_cross_entropy
@@ -75,7 +75,7 @@ def test_mmseg_names_and_layer_decay(model):
               "neck.upsample_2x.0.weight"]:
         assert k in keys, k
     assert not any(k.startswith("backbone.norm.") for k in keys)  # no final norm (mmseg final_norm=False)
-    groups = param_groups(model, 0.05, 0.65, no_weight_decay=(), num_layers=model.depth + 1)
+    groups = param_groups(model, 0.05, 0.65, no_decay=no_decay_on(()), num_layers=model.depth + 1)
     by_name = {n: g for g in groups for n in g["param_names"]}
     depth = model.depth
     assert by_name["backbone.blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.65 ** depth)

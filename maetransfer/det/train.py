@@ -1,6 +1,6 @@
 """COCO Mask R-CNN run: data (LSJ) + the ViTDet detector on the shared engine, then COCOeval bbox/segm."""
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from omegaconf import DictConfig
@@ -12,7 +12,7 @@ from ..data.coco import (CocoDetection, CocoFormatError, LargeScaleJitter, Resiz
                          write_demo_coco)
 from ..data.images import ROOT_HINT, MissingFileError
 from ..engine import Task, run_task
-from ..optim import param_groups
+from ..optim import NoDecayRule, param_groups
 from .evaluator import COCOEvaluator
 from .model import build_mask_rcnn, detection_loss
 
@@ -73,15 +73,17 @@ _TORCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
                 nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def vitdet_no_weight_decay(model: nn.Module) -> Set[str]:
-    """The parameters that detectron2's ViTDet recipe does not decay (its optimizer: weight_decay_norm=0, overrides
-    {"pos_embed": wd 0}): those of torch's own normalisation layers (the ViT's LayerNorms, BN/GN variants) and
-    pos_embed. Everything else is decayed, as there: biases, the rel-pos tables, and the channels-first LayerNorms of
-    the pyramid and heads, which detectron2 implements as a module of its own (layers.LayerNorm) that its list of
-    norm types misses (timm's LayerNorm2d here, a subclass of nn.LayerNorm, hence named apart)."""
-    return {f"{module_name}.{name}" if module_name else name
-            for module_name, module in model.named_modules() for name, _ in module.named_parameters(recurse=False)
-            if name == "pos_embed" or (isinstance(module, _TORCH_NORMS) and not isinstance(module, LayerNorm2d))}
+def vitdet_no_decay(model: nn.Module) -> NoDecayRule:
+    """The weight-decay rule of detectron2's ViTDet recipe for `model` (its optimizer: weight_decay_norm=0, overrides
+    {"pos_embed": wd 0}): no decay on the parameters of torch's own normalisation layers (the ViT's LayerNorms, BN/GN
+    variants) and on pos_embed. Everything else is decayed, as there: biases, the rel-pos tables, and the
+    channels-first LayerNorms of the pyramid and heads, which detectron2 implements as a module of its own
+    (layers.LayerNorm) that its list of norm types misses (timm's LayerNorm2d here, a subclass of nn.LayerNorm, hence
+    named apart)."""
+    exempt = {f"{module_name}.{name}" if module_name else name
+              for module_name, module in model.named_modules() for name, _ in module.named_parameters(recurse=False)
+              if name == "pos_embed" or (isinstance(module, _TORCH_NORMS) and not isinstance(module, LayerNorm2d))}
+    return lambda name, _: name in exempt
 
 
 class DetectionTask(Task):
@@ -116,7 +118,7 @@ class DetectionTask(Task):
 
     def param_groups(self, model: nn.Module) -> List[Dict]:
         return param_groups(model, float(self.cfg.train.weight_decay), float(self.cfg.train.layer_decay),
-                            num_layers=model.backbone.net.depth + 1, exempt=vitdet_no_weight_decay(model))
+                            num_layers=model.backbone.net.depth + 1, no_decay=vitdet_no_decay(model))
 
     def loss_fn(self):
         return detection_loss

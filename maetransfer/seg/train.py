@@ -14,7 +14,7 @@ from ..data.ade import (ADE20K_CLASSES, ADE20KDataset, SegTrainTransform, collat
                         write_demo_ade20k)
 from ..data.images import MissingFileError
 from ..engine import Task, run_task
-from ..optim import param_groups
+from ..optim import no_decay_on, param_groups
 from .evaluate import SegEvaluator
 from .segmentor import EncoderDecoder, build_segmentor
 
@@ -137,10 +137,10 @@ class SegmentationTask(Task):
         load_into(model.backbone, load_encoder_state(path, unsafe), source=path)
 
     def param_groups(self, model: nn.Module) -> List[Dict]:
-        # no_weight_decay=(): decay everything but 1-D tensors, as mmseg's LayerDecayOptimizerConstructor does in
+        # no_decay_on(()): decay everything but 1-D tensors, as mmseg's LayerDecayOptimizerConstructor does in
         # effect (its 'pos_embed'/'cls_token' exemption never matches the prefixed names); lr scales as mmseg's.
         return param_groups(model, float(self.cfg.train.weight_decay), float(self.cfg.train.layer_decay),
-                            no_weight_decay=(), num_layers=model.depth + 1)
+                            no_decay=no_decay_on(()), num_layers=model.depth + 1)
 
     def loss_fn(self):
         return SegLoss()
