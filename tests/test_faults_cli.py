@@ -538,7 +538,14 @@ def test_a_wrong_data_root_is_one_line_before_the_init_checkpoint_is_fetched(too
 
 def test_a_multi_process_job_says_a_bad_command_line_once(tmp_path):
     """Every process of a torchrun job reads the same command line and files before they join, and fails alike: the
-    one-line error (and a usage error's usage) appears once in the job's output, not once per process."""
+    one-line error (and a usage error's usage) appears once in the job's output, not once per process. Rank 0, which
+    says it, is made the slower one (3 s at its start): torchrun stops the job as soon as one process fails, so the
+    silent rank 1 must not end first."""
+    slow_start = tmp_path / "slow_rank0"
+    slow_start.mkdir()
+    (slow_start / "sitecustomize.py").write_text(
+        "import os, time\nif os.environ.get('RANK') == '0':\n    time.sleep(3)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(slow_start), os.environ.get("PYTHONPATH")]))}
     tool = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29747",
             "tools/train_cls.py", "--output-dir", str(tmp_path / "run")]
     for extra, status, line in (
@@ -546,7 +553,7 @@ def test_a_multi_process_job_says_a_bad_command_line_once(tmp_path):
              f"error: {tmp_path / 'none' / 'val.json'}: annotation file not found (set data.root= to the data set's "
              "folder)"),
             (["--bogus"], 2, "train_cls.py: error: unrecognized arguments: --bogus")):
-        run = subprocess.run([*tool, *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        run = subprocess.run([*tool, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode != 0
         said = run.stdout + run.stderr
         assert said.count(line) == 1 and f"exitcode: {status}" in said, said[-2000:]

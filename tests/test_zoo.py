@@ -251,17 +251,22 @@ def test_a_file_placed_by_hand_under_a_released_name_is_refused_in_one_line(cach
     assert (cache / "mae_pretrain_vit_base.pth").read_bytes() == body and not (tmp_path / "out.pth").exists()
 
 
-def test_a_file_placed_by_hand_is_checked_for_structure_where_no_digest_is_published(cache, monkeypatch, encoder):
+def test_a_file_placed_by_hand_is_checked_for_structure_where_no_digest_is_published(cache, monkeypatch, encoder,
+                                                                                     tmp_path):
+    """A release without a published digest (registered here as vit_small): a demo-size encoder copied into the cache
+    under its name is refused by the tool that asks for it, in one line, and the file is kept."""
     release = zoo.Release("tiny_encoder", "test file", "mae", "vit_small", "encoder", "python tools/...",
                           url="http://127.0.0.1:9/releases/tiny_encoder.pth")
     monkeypatch.setitem(zoo.RELEASES, release.name, release)
     cache.mkdir(parents=True)
     (cache / "tiny_encoder.pth").write_bytes(encoder[1])
-    with pytest.raises(CheckpointError) as error:
-        zoo.resolve("tiny_encoder")
-    assert str(error.value) == (f"tiny_encoder: {cache / 'tiny_encoder.pth'} in the checkpoint cache is a ViT with "
-                                f"embed 64/depth 4/patch 16, not vit_small (embed 384/depth 12/patch 16); delete it to "
-                                f"download the release anew, or pass the file by its path to use it as it is")
+    with pytest.raises(SystemExit) as exit_info:
+        _tool("convert_checkpoint").main(["tiny_encoder", "--output", str(tmp_path / "out.pth"), "--to", "timm"])
+    assert exit_info.value.code == (f"error: tiny_encoder: {cache / 'tiny_encoder.pth'} in the checkpoint cache is a "
+                                    f"ViT with embed 64/depth 4/patch 16, not vit_small (embed 384/depth 12/patch "
+                                    f"16); delete it to download the release anew, or pass the file by its path to "
+                                    f"use it as it is")
+    assert (cache / "tiny_encoder.pth").read_bytes() == encoder[1] and not (tmp_path / "out.pth").exists()
 
 
 def test_a_right_file_placed_by_hand_is_checked_once_and_again_when_changed(cache, monkeypatch, encoder):
